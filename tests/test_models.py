@@ -1,0 +1,59 @@
+import keras
+import pytest
+
+from tfbn import BatchNorm, steps
+from tfbn.training import resolve_bn
+
+
+def bn_layers(model):
+    return [layer for layer in model.layers
+            if isinstance(layer, (BatchNorm, keras.layers.BatchNormalization))]
+
+
+def test_five_layer_network_has_the_codelab_size():
+    model = steps.get("2.0").build_model("none")
+    widths = [784, 200, 100, 60, 30, 10]
+    expected = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    assert model.count_params() == expected == 185_300
+
+
+@pytest.mark.parametrize("bn, layer_class", [("custom", BatchNorm),
+                                             ("keras", keras.layers.BatchNormalization)])
+@pytest.mark.parametrize("name, count, scale", [("4.0", 4, True), ("4.1", 4, False),
+                                                 ("4.2", 4, False)])
+def test_bn_steps_place_bn_after_a_bias_free_layer(name, count, scale, bn, layer_class):
+    model = steps.get(name).build_model(bn)
+    layers = bn_layers(model)
+    assert len(layers) == count
+    for layer in layers:
+        assert type(layer) is layer_class
+        assert layer.scale is scale and layer.center
+        producer = layer._inbound_nodes[0].inbound_layers[0]
+        assert producer.use_bias is False
+        consumer = layer._outbound_nodes[0].outbound_layer
+        assert isinstance(consumer, keras.layers.Activation)
+
+
+def test_without_bn_the_layers_keep_their_biases():
+    model = steps.get("4.2").build_model("none")
+    assert bn_layers(model) == []
+    assert all(layer.use_bias for layer in model.layers if hasattr(layer, "use_bias"))
+
+
+def test_the_4_2_network_has_the_codelab_shapes():
+    model = steps.get("4.2").build_model("custom")
+    shapes = [tuple(model.get_layer(name).output.shape[1:])
+              for name in ("conv1", "conv2", "conv3", "dense")]
+    assert shapes == [(28, 28, 24), (14, 14, 48), (7, 7, 64), (200,)]
+
+
+def test_bn_choice_defaults_by_step_and_is_checked():
+    assert resolve_bn(steps.get("4.2"), None) == "custom"
+    assert resolve_bn(steps.get("3.0"), None) == "none"
+    with pytest.raises(ValueError, match="has no batch norm"):
+        resolve_bn(steps.get("3.0"), "keras")
+
+
+def test_unknown_step_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"unknown step '9.9'; known steps: 1.0, 2.0"):
+        steps.get("9.9")

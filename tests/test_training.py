@@ -1,0 +1,121 @@
+"""The training loop and the tutorial scripts, on tiny synthetic MNIST-shaped data."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tfbn import cli, steps, training
+from tfbn.config import RunConfig
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+QUICK = RunConfig(epochs=1, steps_per_epoch=2, batch_size=16, verbose=0)
+
+
+def load_tutorial(script: str):
+    spec = importlib.util.spec_from_file_location(script, TUTORIALS / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_step_has_its_tutorial_script():
+    scripts = sorted(path.stem for path in TUTORIALS.glob("step_*.py"))
+    assert scripts == sorted(step.script for step in steps.STEPS.values())
+
+
+@pytest.mark.parametrize("name", list(steps.STEPS))
+def test_tutorial_smoke(name, tiny_mnist, tmp_path):
+    module = load_tutorial(steps.get(name).script)
+    assert module.STEP == name
+    metrics = module.main(QUICK.replace(logdir=str(tmp_path)), datasets=tiny_mnist)
+    assert metrics["steps"] == 2 and metrics["epochs"] == 1
+    assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test_accuracy"] == metrics["test_accuracy"]
+    assert written["bn"] == ("custom" if steps.get(name).uses_bn else "none")
+
+
+def test_same_seed_same_metrics(tiny_mnist):
+    config = QUICK.replace(epochs=2, seed=3)
+    first = training.train("4.1", config, arrays=tiny_mnist)
+    second = training.train("4.1", config, arrays=tiny_mnist)
+    other_seed = training.train("4.1", config.replace(seed=4), arrays=tiny_mnist)
+    assert first["test_loss"] == second["test_loss"]
+    assert first["test_accuracy"] == second["test_accuracy"]
+    assert other_seed["test_loss"] != first["test_loss"]
+
+
+def test_a_run_learns_the_tiny_task(tiny_mnist):
+    metrics = training.train("4.1", QUICK.replace(epochs=4, steps_per_epoch=None),
+                             arrays=tiny_mnist)
+    assert metrics["test_accuracy"] > 0.5
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_without_losing_finished_epochs(tiny_mnist, tmp_path,
+                                                                   monkeypatch):
+    config = QUICK.replace(epochs=4, logdir=str(tmp_path))
+    original = training.RunClock.on_epoch_begin
+
+    def stop_at_third_epoch(self, epoch, logs=None):
+        if epoch == 2:
+            raise Interrupt
+        return original(self, epoch, logs)
+
+    monkeypatch.setattr(training.RunClock, "on_epoch_begin", stop_at_third_epoch, raising=False)
+    with pytest.raises(Interrupt):
+        training.train("4.1", config, arrays=tiny_mnist)
+    assert not (tmp_path / "metrics.json").exists()
+    assert training.read_history(tmp_path / "history.csv")["epoch"] == [0, 1]
+
+    monkeypatch.undo()
+    metrics = training.train("4.1", config, arrays=tiny_mnist)
+    assert training.read_history(tmp_path / "history.csv")["epoch"] == [0, 1, 2, 3]
+    assert metrics["steps"] == 4 * 2, "the resumed run restarts at epoch 2, not 0"
+    assert not (tmp_path / "backup").exists()
+
+
+def test_a_logdir_of_another_step_is_refused(tiny_mnist, tmp_path):
+    training.train("4.1", QUICK.replace(logdir=str(tmp_path)), arrays=tiny_mnist)
+    with pytest.raises(ValueError, match="holds a run of step 4.1"):
+        training.train("4.0", QUICK.replace(logdir=str(tmp_path)), arrays=tiny_mnist)
+
+
+def test_without_logdir_the_run_says_where_it_would_log(tiny_mnist, capsys):
+    training.train("1.0", QUICK, arrays=tiny_mnist)
+    output = capsys.readouterr().out
+    assert "no --logdir" in output and "--logdir runs/1.0" in output
+    assert "test accuracy: 0." in output
+
+
+def test_cli_run_prints_the_test_accuracy(tiny_mnist, monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(training.data, "load_mnist", lambda *args, **kwargs: tiny_mnist)
+    code = cli.main(["run", "4.2", "--epochs", "1", "--steps-per-epoch", "1",
+                     "--batch-size", "8", "--verbose", "0", "--bn", "keras",
+                     "--logdir", str(tmp_path)])
+    assert code == 0
+    assert "test accuracy: " in capsys.readouterr().out
+    assert json.loads((tmp_path / "metrics.json").read_text())["bn"] == "keras"
+
+
+def test_cli_rejects_an_unknown_step(capsys):
+    assert cli.main(["run", "5.0"]) == 2
+    assert "known steps: 1.0, 2.0, 2.1" in capsys.readouterr().err
+
+
+def test_cli_rejects_bn_on_a_step_without_it(capsys):
+    assert cli.main(["run", "2.0", "--bn", "custom"]) == 2
+    assert "step 2.0 has no batch norm" in capsys.readouterr().err
+
+
+def test_cli_list_names_every_step(capsys):
+    assert cli.main(["list"]) == 0
+    output = capsys.readouterr().out
+    for step in steps.STEPS.values():
+        assert step.name in output and step.title in output

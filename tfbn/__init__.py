@@ -1,0 +1,9 @@
+"""tfbn: Batch Normalization for TensorFlow/Keras, taught by running it."""
+
+from tfbn.fold import FoldResult, export_inference_model, fold_batchnorm
+from tfbn.layer import BatchNorm, batch_norm
+
+__version__ = "0.1.0"
+
+__all__ = ["BatchNorm", "batch_norm", "fold_batchnorm", "export_inference_model",
+           "FoldResult", "__version__"]

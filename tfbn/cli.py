@@ -1,0 +1,104 @@
+"""The `tfbn` command line: the only place that parses arguments.
+
+    tfbn list                      the codelab steps (and experiments), one line each
+    tfbn run STEP [options]        train a step (options: tfbn run --help)
+    tfbn data fetch|info           get MNIST into the cache / say what is cached
+    tfbn compare RUN_DIR...        overlay runs' curves and tabulate their metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tfbn import config as run_config
+from tfbn import steps
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfbn", description="Batch normalization, taught by running it.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("list", help="list the codelab steps")
+
+    run = commands.add_parser("run", help="train one codelab step",
+                              description="Train one codelab step with model.fit.")
+    run.add_argument("step", metavar="STEP", help=f"one of: {', '.join(steps.STEPS)}")
+    run_config.add_arguments(run)
+
+    data_parser = commands.add_parser("data", help="MNIST: fetch into the cache, or show it")
+    data_parser.add_argument("action", choices=("fetch", "info"))
+    data_parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
+    data_parser.add_argument("--force", action="store_true",
+                             help="fetch again even when a verified copy is cached")
+
+    compare = commands.add_parser("compare", help="compare finished runs")
+    compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--output", default="comparison.png",
+                         help="figure to write [comparison.png]")
+    compare.add_argument("--allow-mixed-steps", action="store_true",
+                         help="compare runs of different steps")
+    return parser
+
+
+def parse_run_options(step_name: str, defaults: run_config.RunConfig,
+                      argv: list[str] | None = None) -> run_config.RunConfig:
+    """The options of `tfbn run`, for a tutorial script run as `python tutorials/<script>.py`."""
+    parser = argparse.ArgumentParser(description=f"Codelab step {step_name}: "
+                                     f"{steps.get(step_name).title}.")
+    run_config.add_arguments(parser, defaults)
+    namespace = parser.parse_args(argv)
+    try:
+        return run_config.from_arguments(namespace)
+    except ValueError as error:
+        parser.error(str(error))
+
+
+def list_steps() -> str:
+    lines = ["codelab steps (tfbn run STEP):"]
+    for step in steps.STEPS.values():
+        lines.append(f"  {step.name}  {step.title}  "
+                     f"[{step.epochs} epochs; codelab: {step.codelab_accuracy:.1%}]")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        return _dispatch(arguments)
+    except ValueError as error:
+        print(f"tfbn: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: run the same command again to resume from the last finished "
+              "epoch (needs --logdir)", file=sys.stderr)
+        return 130
+
+
+def _dispatch(arguments: argparse.Namespace) -> int:
+    if arguments.command == "list":
+        print(list_steps())
+        return 0
+    if arguments.command == "run":
+        from tfbn import training
+        steps.get(arguments.step)
+        training.train(arguments.step, run_config.from_arguments(arguments))
+        return 0
+    if arguments.command == "data":
+        from tfbn import data
+        if arguments.action == "fetch":
+            print(data.fetch(arguments.dataset, force=arguments.force))
+        else:
+            print(data.cache_info())
+        return 0
+    from tfbn.compare import compare_runs
+    print(compare_runs(arguments.run_dirs, arguments.output,
+                       allow_mixed_steps=arguments.allow_mixed_steps))
+    print(f"figure: {arguments.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The run configuration: one small typed object, and the command line made from it.
+
+Every option of `tfbn run STEP` and of `python tutorials/<script>.py` is a field of
+`RunConfig`; `add_arguments` turns the fields into argparse options, so the two can never
+drift apart. Values are checked in `RunConfig.__post_init__`, whatever their origin.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Optional
+
+BN_CHOICES = ("custom", "keras", "none")
+STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
+
+
+def _option(help_text: str, choices: tuple[str, ...] | None = None, **metadata):
+    return {"help": help_text, "choices": choices, **metadata}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Options of one training run. `None` means "the step's own default"."""
+
+    epochs: Optional[int] = dataclasses.field(
+        default=None, metadata=_option("epochs to train (default: the step's)"))
+    steps_per_epoch: Optional[int] = dataclasses.field(
+        default=None, metadata=_option("batches per epoch (default: the whole training set)"))
+    batch_size: int = dataclasses.field(
+        default=100, metadata=_option("training batch size (global, over all replicas)"))
+    bn: Optional[str] = dataclasses.field(
+        default=None,
+        metadata=_option("batch norm layer: tfbn.BatchNorm (custom), keras's built-in, or none "
+                         "(default: custom on BN steps, none elsewhere)", BN_CHOICES))
+    learning_rate_scale: float = dataclasses.field(
+        default=1.0, metadata=_option("multiply the step's learning-rate schedule by this"))
+    logdir: Optional[str] = dataclasses.field(
+        default=None,
+        metadata=_option("run directory: metrics, TensorBoard logs, dashboard, resume state"))
+    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
+    mixed_precision: bool = dataclasses.field(
+        default=False,
+        metadata=_option("mixed_float16 on a GPU, mixed_bfloat16 on a CPU"))
+    xla: bool = dataclasses.field(default=False, metadata=_option("compile with XLA"))
+    strategy: str = dataclasses.field(
+        default="default",
+        metadata=_option("tf.distribute strategy (multiworker reads TF_CONFIG)",
+                         STRATEGY_CHOICES))
+    live: bool = dataclasses.field(
+        default=False, metadata=_option("show the dashboard live when a display exists"))
+    export: Optional[str] = dataclasses.field(
+        default=None,
+        metadata=_option("write the BN-folded inference model (.keras and SavedModel) here"))
+    verbose: int = dataclasses.field(
+        default=1, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch"))
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), _field_type(field))
+        for name in ("epochs", "steps_per_epoch", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate_scale > 0:
+            raise ValueError(
+                f"learning_rate_scale must be positive, got {self.learning_rate_scale!r}")
+        if self.verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        for field in dataclasses.fields(self):
+            choices = field.metadata.get("choices")
+            value = getattr(self, field.name)
+            if choices and value is not None and value not in choices:
+                raise ValueError(
+                    f"{field.name} must be one of {', '.join(choices)}; "
+                    f"got {value!r}")
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_type(field: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(RunConfig)[field.name]
+    arguments = [a for a in typing.get_args(hint) if a is not type(None)]
+    return arguments[0] if arguments else hint
+
+
+def _check_type(name: str, value, expected: type) -> None:
+    if value is None:
+        return
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if expected is int and isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ValueError(f"{name} must be {expected.__name__}, got {value!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
+    """Adds one `--option` per RunConfig field; `defaults` sets what an omitted option means."""
+    defaults = defaults or RunConfig()
+    for field in dataclasses.fields(RunConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = getattr(defaults, field.name)
+        kind = _field_type(field)
+        help_text = field.metadata["help"]
+        if kind is bool:
+            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
+                                default=default, help=help_text)
+            continue
+        if default is not None:
+            help_text = f"{help_text} [{default}]"
+        parser.add_argument(flag, dest=field.name, type=kind, default=default,
+                            choices=field.metadata.get("choices"),
+                            metavar=None if field.metadata.get("choices") else field.name.upper(),
+                            help=help_text)
+
+
+def from_arguments(namespace: argparse.Namespace) -> RunConfig:
+    return RunConfig(**{field.name: getattr(namespace, field.name)
+                        for field in dataclasses.fields(RunConfig)})

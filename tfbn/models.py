@@ -1,0 +1,94 @@
+"""Model builders for the codelab's networks, with or without batch normalization.
+
+Placement follows the codelab's README_BATCHNORM: the layer before BN has no bias (BN's
+offset `beta` replaces it), BN sits between the weighted sum and the activation, and BN's
+scale `gamma` is only needed before an activation that is not scale invariant (sigmoid,
+not ReLU).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+
+from tfbn.config import BN_CHOICES
+from tfbn.layer import BatchNorm
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (28, 28, 1)
+
+
+def normalization(bn: str, *, scale: bool, name: str, momentum: float = 0.99):
+    """The BN layer named by `bn` ("custom" -> tfbn.BatchNorm, "keras" -> built-in)."""
+    if bn == "custom":
+        return BatchNorm(scale=scale, momentum=momentum, name=name)
+    if bn == "keras":
+        return keras.layers.BatchNormalization(scale=scale, momentum=momentum, name=name)
+    raise ValueError(f"bn must be 'custom' or 'keras' here, got {bn!r}")
+
+
+def _check_bn(bn: str) -> None:
+    if bn not in BN_CHOICES:
+        raise ValueError(f"bn must be one of {', '.join(BN_CHOICES)}; got {bn!r}")
+
+
+def _weighted_sum_block(x, layer_factory, *, activation: str, bn: str, bn_scale: bool,
+                        name: str, momentum: float):
+    """layer -> [BN] -> activation; the layer keeps its bias only when there is no BN."""
+    if bn == "none":
+        x = layer_factory(use_bias=True, name=name)(x)
+    else:
+        x = layer_factory(use_bias=False, name=name)(x)
+        x = normalization(bn, scale=bn_scale, name=f"{name}_bn", momentum=momentum)(x)
+    return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
+
+
+def _classifier(x):
+    """Logits, then a softmax kept in float32 so mixed precision leaves the loss exact."""
+    logits = keras.layers.Dense(NUM_CLASSES, name="logits")(x)
+    return keras.layers.Activation("softmax", dtype="float32", name="softmax")(logits)
+
+
+def softmax_regression(name: str = "softmax_regression") -> keras.Model:
+    """Step 1.0: one dense layer, 784 -> 10, softmax."""
+    inputs = keras.Input(shape=(784,), name="pixels")
+    return keras.Model(inputs, _classifier(inputs), name=name)
+
+
+def dense_network(units: Sequence[int] = (200, 100, 60, 30), *, activation: str = "sigmoid",
+                  bn: str = "none", bn_scale: bool = True, dropout_rate: float = 0.0,
+                  momentum: float = 0.99, name: str = "dense_network") -> keras.Model:
+    """Steps 2.x and 4.0/4.1: fully connected hidden layers, then a 10-way softmax."""
+    _check_bn(bn)
+    inputs = keras.Input(shape=(784,), name="pixels")
+    x = inputs
+    for index, width in enumerate(units, start=1):
+        x = _weighted_sum_block(
+            x, lambda **kw: keras.layers.Dense(width, **kw), activation=activation, bn=bn,
+            bn_scale=bn_scale, name=f"dense{index}", momentum=momentum)
+        if dropout_rate:
+            x = keras.layers.Dropout(dropout_rate, name=f"dense{index}_dropout")(x)
+    return keras.Model(inputs, _classifier(x), name=name)
+
+
+def conv_network(convolutions: Sequence[tuple[int, int, int]], dense_units: int = 200, *,
+                 bn: str = "none", dropout_rate: float = 0.0, momentum: float = 0.99,
+                 name: str = "conv_network") -> keras.Model:
+    """Steps 3.x and 4.2: (filters, kernel size, stride) convolutions with ReLU, "same"
+    padding, then a dense ReLU layer (dropout after it) and a 10-way softmax."""
+    _check_bn(bn)
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
+    x = inputs
+    for index, (filters, kernel_size, strides) in enumerate(convolutions, start=1):
+        x = _weighted_sum_block(
+            x, lambda **kw: keras.layers.Conv2D(filters, kernel_size, strides=strides,
+                                                padding="same", **kw),
+            activation="relu", bn=bn, bn_scale=False, name=f"conv{index}", momentum=momentum)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = _weighted_sum_block(
+        x, lambda **kw: keras.layers.Dense(dense_units, **kw), activation="relu", bn=bn,
+        bn_scale=False, name="dense", momentum=momentum)
+    if dropout_rate:
+        x = keras.layers.Dropout(dropout_rate, name="dense_dropout")(x)
+    return keras.Model(inputs, _classifier(x), name=name)
