@@ -1,8 +1,9 @@
 """The run configuration: one small typed object, and the command line made from it.
 
 Every option of `tfbn run STEP` and of `python tutorials/<script>.py` is a field of
-`RunConfig`; `add_arguments` turns the fields into argparse options, so the two can never
-drift apart. Values are checked in `RunConfig.__post_init__`, whatever their origin.
+`RunConfig`; `add_arguments` turns the fields of any such dataclass (experiments have their
+own) into argparse options, so the two can never drift apart. Values are checked in
+`__post_init__` (`check_fields` does the types and choices), whatever their origin.
 """
 
 from __future__ import annotations
@@ -57,8 +58,7 @@ class RunConfig:
         default=1, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch"))
 
     def __post_init__(self):
-        for field in dataclasses.fields(self):
-            _check_type(field.name, getattr(self, field.name), _field_type(field))
+        check_fields(self)
         for name in ("epochs", "steps_per_epoch", "batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -68,13 +68,6 @@ class RunConfig:
                 f"learning_rate_scale must be positive, got {self.learning_rate_scale!r}")
         if self.verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
-        for field in dataclasses.fields(self):
-            choices = field.metadata.get("choices")
-            value = getattr(self, field.name)
-            if choices and value is not None and value not in choices:
-                raise ValueError(
-                    f"{field.name} must be one of {', '.join(choices)}; "
-                    f"got {value!r}")
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -83,8 +76,19 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
-def _field_type(field: dataclasses.Field) -> type:
-    hint = typing.get_type_hints(RunConfig)[field.name]
+def check_fields(config) -> None:
+    """Checks each field of a config dataclass against its annotation and its choices."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        _check_type(field.name, value, _field_type(type(config), field))
+        choices = field.metadata.get("choices")
+        if choices and value is not None and value not in choices:
+            raise ValueError(f"{field.name} must be one of {', '.join(map(str, choices))}; "
+                             f"got {value!r}")
+
+
+def _field_type(config_class: type, field: dataclasses.Field) -> type:
+    hint = typing.get_type_hints(config_class)[field.name]
     arguments = [a for a in typing.get_args(hint) if a is not type(None)]
     return arguments[0] if arguments else hint
 
@@ -100,14 +104,16 @@ def _check_type(name: str, value, expected: type) -> None:
         raise ValueError(f"{name} must be {expected.__name__}, got {value!r}")
 
 
-def add_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | None = None) -> None:
-    """Adds one `--option` per RunConfig field; `defaults` sets what an omitted option means."""
-    defaults = defaults or RunConfig()
-    for field in dataclasses.fields(RunConfig):
+def add_arguments(parser: argparse.ArgumentParser, defaults=None, config_class: type = None):
+    """Adds one `--option` per field of a config dataclass (RunConfig unless `config_class`
+    or `defaults` says otherwise); `defaults` sets what an omitted option means."""
+    config_class = config_class or (type(defaults) if defaults is not None else RunConfig)
+    defaults = defaults if defaults is not None else config_class()
+    for field in dataclasses.fields(config_class):
         flag = "--" + field.name.replace("_", "-")
         default = getattr(defaults, field.name)
-        kind = _field_type(field)
-        help_text = field.metadata["help"]
+        kind = _field_type(config_class, field)
+        help_text = field.metadata.get("help", field.name.replace("_", " "))
         if kind is bool:
             parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_text)
@@ -120,6 +126,8 @@ def add_arguments(parser: argparse.ArgumentParser, defaults: RunConfig | None = 
                             help=help_text)
 
 
-def from_arguments(namespace: argparse.Namespace) -> RunConfig:
-    return RunConfig(**{field.name: getattr(namespace, field.name)
-                        for field in dataclasses.fields(RunConfig)})
+def from_arguments(namespace: argparse.Namespace, config_class: type = None):
+    """The config dataclass (RunConfig by default) the parsed options describe."""
+    config_class = config_class or RunConfig
+    return config_class(**{field.name: getattr(namespace, field.name)
+                           for field in dataclasses.fields(config_class)})
