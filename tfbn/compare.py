@@ -1,0 +1,156 @@
+"""Comparing finished runs: test curves overlaid in one figure, final metrics in a table.
+
+A run directory is what `tfbn run --logdir DIR` leaves: `metrics.json` (final metrics) and
+`history.csv` (one row per epoch, Keras's CSVLogger; `val_*` columns are the test set).
+"""
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+REQUIRED_METRICS = ("step", "bn", "test_accuracy", "best_test_accuracy", "test_loss",
+                    "epochs", "steps", "seconds", "device")
+REQUIRED_COLUMNS = ("epoch", "val_accuracy", "val_loss")
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
+@dataclass
+class Run:
+    """One finished run: its directory, final metrics and per-epoch test curves."""
+
+    directory: Path
+    metrics: dict
+    epochs: list
+    test_accuracy: list
+    test_loss: list
+
+    @property
+    def label(self):
+        return f"{self.metrics['step']} {self.metrics['bn']}"
+
+
+def compare_runs(run_dirs, output_png, allow_mixed_steps=False):
+    """Saves the overlaid test curves of `run_dirs` to `output_png`; returns a Markdown table.
+
+    Runs of different codelab steps are refused unless `allow_mixed_steps` is true.
+    """
+    runs = load_runs(run_dirs, allow_mixed_steps=allow_mixed_steps)
+    output_png = Path(output_png)
+    output_png.parent.mkdir(parents=True, exist_ok=True)
+    figure = render_comparison(runs)
+    temporary = output_png.with_name(output_png.name + ".tmp")
+    FigureCanvasAgg(figure).print_figure(str(temporary), format="png")
+    os.replace(temporary, output_png)
+    return markdown_table(runs)
+
+
+def load_runs(run_dirs, allow_mixed_steps=False):
+    """The runs in `run_dirs`, checked to be runs and (unless allowed) of the same step."""
+    run_dirs = [Path(directory) for directory in run_dirs]
+    if not run_dirs:
+        raise ValueError("run_dirs is empty: give at least one run directory to compare")
+    runs = [load_run(directory) for directory in run_dirs]
+    step_names = {str(run.metrics["step"]) for run in runs}
+    if len(step_names) > 1 and not allow_mixed_steps:
+        listing = ", ".join(f"{run.directory} is step {run.metrics['step']}" for run in runs)
+        raise ValueError(f"runs of different steps cannot be compared ({listing}); "
+                         f"pass allow_mixed_steps=True to overlay them anyway")
+    return runs
+
+
+def load_run(directory):
+    """The run saved in `directory`; ValueError if it is not a finished run."""
+    directory = Path(directory)
+    metrics_path = directory / "metrics.json"
+    history_path = directory / "history.csv"
+    if not directory.is_dir():
+        raise ValueError(f"run directory {str(directory)!r} is not a directory")
+    if not metrics_path.is_file():
+        raise ValueError(f"{str(directory)!r} is not a finished run: it has no metrics.json "
+                         f"(a run directory is made by `tfbn run --logdir DIR`)")
+    try:
+        metrics = json.loads(metrics_path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{str(metrics_path)!r} is not valid JSON: {error}") from None
+    missing = [key for key in REQUIRED_METRICS if key not in metrics]
+    if missing:
+        raise ValueError(f"{str(metrics_path)!r} lacks {', '.join(missing)}")
+    if not history_path.is_file():
+        raise ValueError(f"{str(directory)!r} has metrics.json but no history.csv")
+    epochs, accuracy, loss = _read_test_curves(history_path)
+    return Run(directory, metrics, epochs, accuracy, loss)
+
+
+def _read_test_curves(path):
+    """(epoch numbers from 1, test accuracy, test loss) from a CSVLogger file.
+
+    A resumed run may repeat an epoch it redid; its last row wins.
+    """
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{str(path)!r} lacks the column(s) {', '.join(missing)}")
+        rows = {}
+        for line_number, row in enumerate(reader, start=2):
+            try:
+                rows[int(row["epoch"])] = (float(row["val_accuracy"]), float(row["val_loss"]))
+            except (TypeError, ValueError):
+                raise ValueError(f"{str(path)!r} line {line_number} is not a number row: "
+                                 f"{row}") from None
+    epochs = sorted(rows)
+    return ([epoch + 1 for epoch in epochs], [rows[epoch][0] for epoch in epochs],
+            [rows[epoch][1] for epoch in epochs])
+
+
+def _legend_labels(runs):
+    """"step bn" per run, with the directory name added where two runs would share one."""
+    labels = [run.label for run in runs]
+    return [f"{label} ({run.directory.name})" if labels.count(label) > 1 else label
+            for label, run in zip(labels, runs)]
+
+
+def render_comparison(runs):
+    """A figure with test accuracy and test loss per epoch, one line per run."""
+    figure = Figure(figsize=(13, 5), dpi=100)
+    accuracy_axes, loss_axes = figure.subplots(1, 2)
+    for number, (run, label) in enumerate(zip(runs, _legend_labels(runs))):
+        # Runs can coincide exactly (tfbn.BatchNorm and Keras's layer, same seed), so each
+        # also gets its own dash pattern: the later line never hides the earlier one.
+        style = {"linestyle": LINE_STYLES[number % len(LINE_STYLES)], "label": label,
+                 "marker": "o" if len(run.epochs) <= 20 else None, "markersize": 4}
+        accuracy_axes.plot(run.epochs, run.test_accuracy, **style)
+        loss_axes.plot(run.epochs, run.test_loss, **style)
+    for axes, title, ylabel in ((accuracy_axes, "Test accuracy", "accuracy"),
+                                (loss_axes, "Test loss", "cross-entropy")):
+        axes.set_title(title)
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(ylabel)
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.grid(alpha=0.3)
+        axes.legend(title="step bn")
+    steps = sorted({str(run.metrics["step"]) for run in runs})
+    figure.suptitle(f"{len(runs)} run(s) of step {', '.join(steps)}: test set after each epoch")
+    figure.tight_layout()
+    return figure
+
+
+def markdown_table(runs):
+    """The runs' final metrics as a Markdown table, one row per run."""
+    header = ("run", "step", "bn", "test accuracy", "best test accuracy", "test loss",
+              "epochs", "training steps", "time", "device")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for run in runs:
+        metrics = run.metrics
+        cells = (run.directory.name, metrics["step"], metrics["bn"],
+                 f"{metrics['test_accuracy']:.2%}", f"{metrics['best_test_accuracy']:.2%}",
+                 f"{metrics['test_loss']:.4f}", metrics["epochs"], metrics["steps"],
+                 f"{metrics['seconds']:.0f} s", metrics["device"])
+        lines.append("| " + " | ".join(str(cell).replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(lines) + "\n"
