@@ -8,6 +8,8 @@ from tensorboard.backend.event_processing import event_accumulator
 
 import tfbn
 from tfbn.tensorboard import (
+    AFTER_TAG,
+    BEFORE_TAG,
     INSPECTION_RUN,
     MISCLASSIFIED_TAG,
     BatchNormInspection,
@@ -119,10 +121,10 @@ def test_histograms_before_and_after_normalization(logged_run):
     histograms = plugin_tags(accumulator, "histograms")
     sample_size = len(logged_run["y_test"])
     for layer, units in (("keras_bn", 20), ("tfbn_bn", 16)):
-        before = values(accumulator, f"{layer}/before_normalization")
-        after = values(accumulator, f"{layer}/after_normalization")
-        assert {f"{layer}/before_normalization", f"{layer}/after_normalization"} <= histograms
-        assert [event.step for event in accumulator.Tensors(f"{layer}/after_normalization")] \
+        before = values(accumulator, f"{layer}/{BEFORE_TAG}")
+        after = values(accumulator, f"{layer}/{AFTER_TAG}")
+        assert {f"{layer}/{BEFORE_TAG}", f"{layer}/{AFTER_TAG}"} <= histograms
+        assert [event.step for event in accumulator.Tensors(f"{layer}/{AFTER_TAG}")] \
             == list(range(EPOCHS))
         # Buckets are rows (left edge, right edge, count); every activation is counted once.
         for histogram in before + after:
@@ -136,7 +138,7 @@ def test_after_normalization_histogram_matches_layer_output(logged_run):
     probe = keras.Model(model.inputs[0], layer.output)
     output = np.asarray(probe(logged_run["x_test"], training=False))
     histogram = values(read_run(logged_run["logdir"] / INSPECTION_RUN),
-                       "keras_bn/after_normalization")[-1]
+                       f"keras_bn/{AFTER_TAG}")[-1]
     assert histogram[0, 0] == pytest.approx(output.min(), abs=1e-5)
     assert histogram[-1, 1] == pytest.approx(output.max(), abs=1e-5)
 

@@ -379,7 +379,10 @@ def _plot_metric(axes, history, metric, title, ylabel):
 
 
 def _plot_layer_strips(figure, cell, kind, history, title):
-    """One strip per layer: 5-95 and 25-75 percentile bands, median, dotted min and max."""
+    """One strip per layer: 5-95 and 25-75 percentile bands, median, dotted min and max.
+
+    Each strip is zoomed like the metric panels: the first tenth of training may overflow.
+    """
     layer_series = history[kind]
     steps = history["steps"]
     percentiles = history["percentiles"]
@@ -412,6 +415,7 @@ def _plot_layer_strips(figure, cell, kind, history, title):
         axes.text(0.01, 0.92, series["layer"], transform=axes.transAxes, fontsize=9,
                   va="top", ha="left", color=colour, fontweight="bold",
                   bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+        axes.set_ylim(_zoomed_limits(list(values.T), steps))
         axes.yaxis.set_major_locator(MaxNLocator(3))
         axes.tick_params(labelsize=7)
         axes.grid(alpha=0.3)

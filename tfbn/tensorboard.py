@@ -13,8 +13,9 @@ Keras's `TensorBoard` callback already writes, once per epoch, under `<logdir>/t
 
 - the op graph of a training forward pass (Keras 3's callback no longer writes one);
 - for each BN layer, histograms of the values entering it (the pre-activations, before
-  normalisation) and leaving it (after), tagged `<layer>/before_normalization` and
-  `<layer>/after_normalization`, computed on a fixed sample batch in inference mode, so they
+  normalisation) and leaving it (after), tagged `<layer>/input_before_normalization` and
+  `<layer>/output_after_normalization` (names that TensorBoard's alphabetical order shows
+  before then after), computed on a fixed sample batch in inference mode, so they
   use the moving statistics, as the trained model does when it is used;
 - an image `misclassified_digits`: the sample digits the model gets wrong, with their true
   and predicted labels.
@@ -36,6 +37,8 @@ from tfbn.layer import BatchNorm
 
 INSPECTION_RUN = "inspection"
 MISCLASSIFIED_TAG = "misclassified_digits"
+BEFORE_TAG = "input_before_normalization"
+AFTER_TAG = "output_after_normalization"
 DIGIT_SIDE = 28
 
 
@@ -113,8 +116,8 @@ class BatchNormInspection(keras.callbacks.Callback):
         predictions = outputs[-1].argmax(axis=-1)
         with self._writer.as_default(step=epoch):
             for index, name in enumerate(self._bn_names):
-                tf.summary.histogram(f"{name}/before_normalization", outputs[2 * index])
-                tf.summary.histogram(f"{name}/after_normalization", outputs[2 * index + 1])
+                tf.summary.histogram(f"{name}/{BEFORE_TAG}", outputs[2 * index])
+                tf.summary.histogram(f"{name}/{AFTER_TAG}", outputs[2 * index + 1])
             figure = render_misclassified(
                 self.sample_images,
                 self.sample_labels,
