@@ -28,9 +28,9 @@ def test_bn_steps_place_bn_after_a_bias_free_layer(name, count, scale, bn, layer
     for layer in layers:
         assert type(layer) is layer_class
         assert layer.scale is scale and layer.center
-        producer = layer._inbound_nodes[0].inbound_layers[0]
+        producer = layer._inbound_nodes[0].parent_nodes[0].operation
         assert producer.use_bias is False
-        consumer = layer._outbound_nodes[0].outbound_layer
+        consumer = layer._outbound_nodes[0].operation
         assert isinstance(consumer, keras.layers.Activation)
 
 

@@ -27,15 +27,31 @@ def test_every_step_has_its_tutorial_script():
 
 
 @pytest.mark.parametrize("name", list(steps.STEPS))
-def test_tutorial_smoke(name, tiny_mnist, tmp_path):
+def test_tutorial_smoke(name, tiny_mnist):
     module = load_tutorial(steps.get(name).script)
     assert module.STEP == name
-    metrics = module.main(QUICK.replace(logdir=str(tmp_path)), datasets=tiny_mnist)
+    metrics = module.main(QUICK, datasets=tiny_mnist)
     assert metrics["steps"] == 2 and metrics["epochs"] == 1
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])
+    assert metrics["bn"] == ("custom" if steps.get(name).uses_bn else "none")
+
+
+def test_a_run_directory_holds_what_the_run_left(tiny_mnist, tmp_path):
+    metrics = training.train("4.1", QUICK.replace(epochs=2, logdir=str(tmp_path)),
+                             arrays=tiny_mnist)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["test_accuracy"] == metrics["test_accuracy"]
-    assert written["bn"] == ("custom" if steps.get(name).uses_bn else "none")
+    assert written == json.loads(json.dumps(metrics))
+    assert set(written) >= {"test_accuracy", "best_test_accuracy", "test_loss", "epochs",
+                            "steps", "seconds", "device", "bn", "versions"}
+    history = training.read_history(tmp_path / "history.csv")
+    assert history["epoch"] == [0, 1]
+    assert written["best_test_accuracy"] == pytest.approx(
+        max(history["val_accuracy"] + [written["test_accuracy"]]))
+    assert history["seconds"][1] > history["seconds"][0] > 0
+    assert json.loads((tmp_path / "config.json").read_text())["step"] == "4.1"
+    assert (tmp_path / "dashboard.png").exists()
+    assert list((tmp_path / "train").glob("events.out.tfevents.*"))
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_same_seed_same_metrics(tiny_mnist):
