@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfbn import cli, steps, training
+from tfbn import steps, training
 from tfbn.config import RunConfig
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
@@ -108,30 +108,3 @@ def test_without_logdir_the_run_says_where_it_would_log(tiny_mnist, capsys):
     output = capsys.readouterr().out
     assert "no --logdir" in output and "--logdir runs/1.0" in output
     assert "test accuracy: 0." in output
-
-
-def test_cli_run_prints_the_test_accuracy(tiny_mnist, monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(training.data, "load_mnist", lambda *args, **kwargs: tiny_mnist)
-    code = cli.main(["run", "4.2", "--epochs", "1", "--steps-per-epoch", "1",
-                     "--batch-size", "8", "--verbose", "0", "--bn", "keras",
-                     "--logdir", str(tmp_path)])
-    assert code == 0
-    assert "test accuracy: " in capsys.readouterr().out
-    assert json.loads((tmp_path / "metrics.json").read_text())["bn"] == "keras"
-
-
-def test_cli_rejects_an_unknown_step(capsys):
-    assert cli.main(["run", "5.0"]) == 2
-    assert "known steps: 1.0, 2.0, 2.1" in capsys.readouterr().err
-
-
-def test_cli_rejects_bn_on_a_step_without_it(capsys):
-    assert cli.main(["run", "2.0", "--bn", "custom"]) == 2
-    assert "step 2.0 has no batch norm" in capsys.readouterr().err
-
-
-def test_cli_list_names_every_step(capsys):
-    assert cli.main(["list"]) == 0
-    output = capsys.readouterr().out
-    for step in steps.STEPS.values():
-        assert step.name in output and step.title in output

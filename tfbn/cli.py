@@ -1,7 +1,8 @@
 """The `tfbn` command line: the only place that parses arguments.
 
-    tfbn list                      the codelab steps (and experiments), one line each
+    tfbn list                      the codelab steps and the experiments, one line each
     tfbn run STEP [options]        train a step (options: tfbn run --help)
+    tfbn experiment NAME [options] run an experiment (options: tfbn experiment NAME --help)
     tfbn data fetch|info           get MNIST into the cache / say what is cached
     tfbn compare RUN_DIR...        overlay runs' curves and tabulate their metrics
 """
@@ -12,7 +13,7 @@ import argparse
 import sys
 
 from tfbn import config as run_config
-from tfbn import steps
+from tfbn import experiments, steps
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,12 +21,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tfbn", description="Batch normalization, taught by running it.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    commands.add_parser("list", help="list the codelab steps")
+    commands.add_parser("list", help="list the codelab steps and the experiments")
 
     run = commands.add_parser("run", help="train one codelab step",
                               description="Train one codelab step with model.fit.")
     run.add_argument("step", metavar="STEP", help=f"one of: {', '.join(steps.STEPS)}")
     run_config.add_arguments(run)
+
+    experiment = commands.add_parser("experiment", help="run an experiment on a claim about BN")
+    names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    for name in experiments.NAMES:
+        module = experiments.get(name)
+        run_config.add_arguments(
+            names.add_parser(name, help=module.TITLE, description=module.TITLE),
+            defaults=module.Config())
 
     data_parser = commands.add_parser("data", help="MNIST: fetch into the cache, or show it")
     data_parser.add_argument("action", choices=("fetch", "info"))
@@ -45,12 +54,22 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_run_options(step_name: str, defaults: run_config.RunConfig,
                       argv: list[str] | None = None) -> run_config.RunConfig:
     """The options of `tfbn run`, for a tutorial script run as `python tutorials/<script>.py`."""
-    parser = argparse.ArgumentParser(description=f"Codelab step {step_name}: "
-                                     f"{steps.get(step_name).title}.")
+    return _parse_options(f"Codelab step {step_name}: {steps.get(step_name).title}.",
+                          defaults, argv)
+
+
+def parse_experiment_options(name: str, defaults, argv: list[str] | None = None):
+    """The options of `tfbn experiment NAME`, for `python tutorials/experiment_<name>.py`."""
+    return _parse_options(experiments.get(name).TITLE, defaults, argv)
+
+
+def _parse_options(description: str, defaults, argv: list[str] | None):
+    """Parses the options of a config dataclass; a bad value exits like argparse does (code 2)."""
+    parser = argparse.ArgumentParser(description=description)
     run_config.add_arguments(parser, defaults)
     namespace = parser.parse_args(argv)
     try:
-        return run_config.from_arguments(namespace)
+        return run_config.from_arguments(namespace, type(defaults))
     except ValueError as error:
         parser.error(str(error))
 
@@ -60,6 +79,9 @@ def list_steps() -> str:
     for step in steps.STEPS.values():
         lines.append(f"  {step.name}  {step.title}  "
                      f"[{step.epochs} epochs; codelab: {step.codelab_accuracy:.1%}]")
+    lines.append("experiments (tfbn experiment NAME):")
+    for name in experiments.NAMES:
+        lines.append(f"  {name:<20} {experiments.get(name).TITLE}")
     return "\n".join(lines)
 
 
@@ -85,6 +107,10 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         from tfbn import training
         steps.get(arguments.step)
         training.train(arguments.step, run_config.from_arguments(arguments))
+        return 0
+    if arguments.command == "experiment":
+        module = experiments.get(arguments.experiment)
+        module.run(run_config.from_arguments(arguments, module.Config))
         return 0
     if arguments.command == "data":
         from tfbn import data
