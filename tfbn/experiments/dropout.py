@@ -1,0 +1,294 @@
+"""Dropout vs batch norm: does BN regularize enough that dropout can go?
+
+The claim (Ioffe & Szegedy 2015, section 4.2.1): BN adds noise of its own (each example
+is normalized with its batch's statistics), so a BN network needs less dropout, or none.
+A related warning (Li et al. 2019, "variance shift"): dropout placed *before* BN changes
+the variance BN learns during training, and that variance is wrong at test time, when
+dropout is off.
+
+The experiment trains the step 4.2 convolutional network (6x6x24, 5x5x48 /2, 4x4x64 /2,
+dense 200, ReLU) five ways, everything else equal (the same initial weights where the
+shapes agree, the same data order, Adam with the step 3.x schedule
+0.0001 + 0.003 e^(-t/T) compressed to the run: the codelab's 10,000 steps span 5 time
+constants T = 2,000, so T is a fifth of the run's steps here too, and every run ends on
+the floor rate, however short):
+
+    neither            no BN, no dropout
+    dropout            no BN, dropout after the dense layer's ReLU (step 3.1)
+    bn                 BN after every convolution and the dense layer, no dropout
+    dropout_before_bn  dense -> dropout -> BN -> ReLU
+    dropout_after_bn   dense -> BN -> ReLU -> dropout (step 4.2)
+
+and reports the test accuracy and the train/test gap, in accuracy and in loss, with the
+training accuracy measured in inference mode (dropout off, BN on moving statistics) on
+the very examples it trained on. A training subset makes overfitting, and so the gap,
+visible in a short run.
+
+The BN layers' moving averages use momentum 0.9 by default, not the codelab's 0.99: a
+short run has too few steps for 0.99 (after the 50 steps of a first epoch 0.99^50 = 61% of
+the moving statistics is still the initial 0 and 1, after 300 steps 5%), and the test
+accuracy of the BN variants, computed with those statistics, then measures the moving
+averages' lag rather than BN (experiment moving_averages is about that; with 0.99 the
+default run's "BN only" net tested at 89.1% in the end, and at 54-87% after each epoch,
+while its training-mode accuracy was 90-100%).
+
+Default (a few minutes on 2 CPU cores): 5,000 training images, 6 epochs of batch 100.
+The full setting, the codelab's 17 epochs on all 60,000 images (about 20 minutes per
+variant on 2 CPU cores):
+
+    tfbn experiment dropout --train-size 60000 --epochs 17 --bn-momentum 0.99
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+
+import keras
+import numpy as np
+
+from tfbn import data, models, steps
+from tfbn.config import check_fields
+from tfbn.experiments.common import dataset_arrays, save_results
+from tfbn.schedules import DecayToFloor
+
+TITLE = "dropout vs batch norm on the conv net: test accuracy and the train/test gap"
+
+DENSE_UNITS = 200
+EVALUATION_BATCH_SIZE = 500
+CODELAB_ITERATIONS = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    name: str
+    label: str
+    uses_bn: bool
+    dropout: str | None  # None, "before_bn" or "after_activation"
+    color: str
+
+
+VARIANTS = (
+    Variant("neither", "neither", False, None, "tab:gray"),
+    Variant("dropout", "dropout only", False, "after_activation", "tab:orange"),
+    Variant("bn", "BN only", True, None, "tab:blue"),
+    Variant("dropout_before_bn", "dropout before BN", True, "before_bn", "tab:red"),
+    Variant("dropout_after_bn", "BN, dropout after it", True, "after_activation", "tab:green"),
+)
+
+
+def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
+    return {"help": help_text, "choices": choices}
+
+
+@dataclasses.dataclass
+class Config:
+    epochs: int = dataclasses.field(default=6, metadata=_option("epochs per variant"))
+    train_size: int = dataclasses.field(
+        default=5000, metadata=_option("training images used (60000: all of them)"))
+    batch_size: int = dataclasses.field(default=100, metadata=_option("training batch size"))
+    dropout_rate: float = dataclasses.field(
+        default=0.25, metadata=_option("dropout rate where there is dropout (the codelab's)"))
+    bn: str = dataclasses.field(
+        default="custom", metadata=_option("BN layer: tfbn.BatchNorm (custom) or keras's",
+                                           ("custom", "keras")))
+    bn_momentum: float = dataclasses.field(
+        default=0.9, metadata=_option("momentum of BN's moving averages (0.9 for short runs: "
+                                      "see the module docstring; the codelab's is 0.99)"))
+    variants: str = dataclasses.field(
+        default=",".join(variant.name for variant in VARIANTS),
+        metadata=_option("comma-separated variants to train, from: "
+                         + ", ".join(variant.name for variant in VARIANTS)))
+    evaluation_size: int = dataclasses.field(
+        default=2000, metadata=_option("test images evaluated after each epoch for the "
+                                       "curves; the final numbers use the whole test set"))
+    dataset: str = dataclasses.field(
+        default="mnist", metadata=_option("dataset", data.DATASETS))
+    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
+    outdir: str = dataclasses.field(
+        default="runs/experiments/dropout", metadata=_option("where figure.png and "
+                                                             "metrics.json go"))
+    verbose: int = dataclasses.field(
+        default=2, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
+                                    "per epoch"))
+
+    def __post_init__(self):
+        check_fields(self)
+        for name in ("epochs", "train_size", "batch_size", "evaluation_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 < self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in (0, 1), got {self.dropout_rate!r}")
+        if not 0 <= self.bn_momentum < 1:
+            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
+        if self.verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        self.chosen_variants()
+
+    def chosen_variants(self) -> tuple[Variant, ...]:
+        """The variants named in `variants`, in the order of VARIANTS."""
+        names = [name.strip() for name in self.variants.split(",") if name.strip()]
+        known = {variant.name for variant in VARIANTS}
+        unknown = [name for name in names if name not in known]
+        if unknown or not names:
+            raise ValueError(f"variants must name some of {', '.join(sorted(known))}; "
+                             f"got {self.variants!r}")
+        return tuple(variant for variant in VARIANTS if variant.name in names)
+
+
+def build_model(variant: Variant, *, bn: str = "custom", dropout_rate: float = 0.25,
+                momentum: float = 0.99, name: str | None = None) -> keras.Model:
+    """Step 4.2's network with BN and dropout where `variant` puts them.
+
+    Without the before-BN placement this is exactly `models.conv_network(CONV_4_2, ...)`;
+    it is rebuilt here because that builder only places dropout after the activation.
+    """
+    inputs = keras.Input(shape=models.IMAGE_SHAPE, name="image")
+    x = inputs
+    for index, (filters, kernel_size, strides) in enumerate(steps.CONV_4_2, start=1):
+        layer_name = f"conv{index}"
+        x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
+                                use_bias=not variant.uses_bn, name=layer_name)(x)
+        if variant.uses_bn:
+            x = models.normalization(bn, scale=False, name=f"{layer_name}_bn",
+                                     momentum=momentum)(x)
+        x = keras.layers.Activation("relu", name=f"{layer_name}_relu")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(DENSE_UNITS, use_bias=not variant.uses_bn, name="dense")(x)
+    if variant.dropout == "before_bn":
+        x = keras.layers.Dropout(dropout_rate, name="dense_dropout")(x)
+    if variant.uses_bn:
+        x = models.normalization(bn, scale=False, name="dense_bn", momentum=momentum)(x)
+    x = keras.layers.Activation("relu", name="dense_relu")(x)
+    if variant.dropout == "after_activation":
+        x = keras.layers.Dropout(dropout_rate, name="dense_dropout")(x)
+    logits = keras.layers.Dense(models.NUM_CLASSES, name="logits")(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="softmax")(logits)
+    return keras.Model(inputs, outputs, name=name or variant.name)
+
+
+def run(config: Config | None = None, arrays=None) -> dict:
+    config = config or Config()
+    (x_train, y_train), (x_test, y_test) = dataset_arrays(arrays, config.dataset)
+    x_train, y_train = _training_subset(x_train, y_train, config.train_size, config.seed)
+    train_images = data.normalize_images(x_train)
+    test_images = data.normalize_images(x_test)
+    evaluation = slice(0, min(config.evaluation_size, len(x_test)))
+    schedule = compressed_schedule(config.epochs * math.ceil(len(x_train) / config.batch_size))
+    print(f"dropout experiment: {len(x_train)} training images, {config.epochs} epochs, "
+          f"dropout rate {config.dropout_rate}, BN layer: {config.bn} (momentum "
+          f"{config.bn_momentum}), Adam {schedule.floor:g} + {schedule.peak:g} "
+          f"e^(-t / {schedule.decay_steps:g})")
+
+    results = {}
+    for variant in config.chosen_variants():
+        keras.utils.set_random_seed(config.seed)
+        # A fresh pipeline per variant: one shared pipeline would show each variant the
+        # next epochs' orders, not the same ones.
+        train_dataset, _ = data.mnist_datasets(config.batch_size, seed=config.seed,
+                                               arrays=((x_train, y_train), (x_test, y_test)))
+        model = build_model(variant, bn=config.bn, dropout_rate=config.dropout_rate,
+                            momentum=config.bn_momentum)
+        model.compile(optimizer=keras.optimizers.Adam(schedule),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        started = time.perf_counter()
+        history = model.fit(train_dataset, epochs=config.epochs, verbose=config.verbose,
+                            shuffle=False,  # the dataset reshuffles itself every epoch
+                            validation_data=(test_images[evaluation], y_test[evaluation]),
+                            validation_batch_size=EVALUATION_BATCH_SIZE)
+        seconds = time.perf_counter() - started
+        train_loss, train_accuracy = model.evaluate(
+            train_images, y_train, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+        test_loss, test_accuracy = model.evaluate(
+            test_images, y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+        results[variant.name] = {
+            "label": variant.label,
+            "test_accuracy": float(test_accuracy),
+            "train_accuracy": float(train_accuracy),
+            "accuracy_gap": float(train_accuracy - test_accuracy),
+            "test_loss": float(test_loss),
+            "train_loss": float(train_loss),
+            "loss_gap": float(test_loss - train_loss),
+            "sampled_test_accuracy_per_epoch": [float(a) for a in
+                                                history.history["val_accuracy"]],
+            "training_seconds": round(seconds, 1),
+        }
+        print(f"{variant.label:>22}: test accuracy {test_accuracy:.4f}, train accuracy "
+              f"{train_accuracy:.4f}, gap {train_accuracy - test_accuracy:+.4f} "
+              f"(loss gap {test_loss - train_loss:+.4f}); {seconds:.0f} s")
+
+    metrics = {"experiment": "dropout", "train_size": int(len(x_train)),
+               "evaluation_size": evaluation.stop, "variants": results}
+    save_results(config.outdir, metrics,
+                 _figure(results, config, len(x_train), evaluation.stop), config)
+    return metrics
+
+
+def compressed_schedule(total_steps: int) -> DecayToFloor:
+    """Step 3.x's decay, squeezed so that `total_steps` span as many time constants as the
+    codelab's 10,000 iterations span of the original."""
+    original = steps.RELU_DECAY
+    time_constants = CODELAB_ITERATIONS / original.decay_steps
+    return DecayToFloor(original.peak, original.floor, total_steps / time_constants)
+
+
+def _training_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
+    """`size` examples drawn without replacement (all of them, in order, when size is all)."""
+    if size > len(images):
+        raise ValueError(f"train_size must be at most the {len(images)} training images, "
+                         f"got {size!r}")
+    if size == len(images):
+        return images, labels
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))
+    return images[chosen], labels[chosen]
+
+
+def _figure(results: dict, config: Config, train_size: int, evaluation_size: int):
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+    from matplotlib.lines import Line2D
+
+    figure = Figure(figsize=(16, 4.8), layout="constrained")
+    curves, accuracy_gap, loss_gap = figure.subplots(1, 3)
+    epochs = np.arange(1, config.epochs + 1)
+    colors = {variant.name: variant.color for variant in VARIANTS}
+    for name, result in results.items():
+        curves.plot(epochs, result["sampled_test_accuracy_per_epoch"], marker="o",
+                    color=colors[name], label=result["label"])
+    curves.set(title=f"(a) test accuracy after each epoch\n"
+                     f"(first {evaluation_size} test images)",
+               xlabel="epoch", ylabel="test accuracy")
+    curves.legend(loc="lower right")
+    curves.grid(alpha=0.3)
+    curves.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    legend = [Line2D([], [], marker="^", color="black", linestyle="", label="train"),
+              Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="black",
+                     linestyle="", label="test (colour: variant)")]
+    positions = np.arange(len(results))
+    labels = [result["label"] for result in results.values()]
+    for axes, key, title, template in (
+            (accuracy_gap, "accuracy", "(b) accuracy: train (inference mode) vs test",
+             "{:+.2%}"),
+            (loss_gap, "loss", "(c) cross-entropy: train vs test", "{:+.3f}")):
+        train_values = np.array([r[f"train_{key}"] for r in results.values()])
+        test_values = np.array([r[f"test_{key}"] for r in results.values()])
+        axes.vlines(positions, np.minimum(train_values, test_values),
+                    np.maximum(train_values, test_values), color="lightgray", linewidth=6)
+        axes.scatter(positions, train_values, marker="^", color="black", zorder=3)
+        axes.scatter(positions, test_values, marker="o", color=[colors[n] for n in results],
+                     zorder=3)
+        for position, train_value, test_value in zip(positions, train_values, test_values):
+            gap = train_value - test_value if key == "accuracy" else test_value - train_value
+            axes.annotate(f"gap {template.format(gap)}", (position, max(train_value, test_value)),
+                          textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
+        axes.set_xticks(positions, labels, rotation=20, ha="right")
+        axes.set(title=title, ylabel=key)
+        axes.margins(y=0.2)
+        axes.legend(handles=legend, loc="best")
+        axes.grid(axis="y", alpha=0.3)
+    figure.suptitle(f"Dropout vs batch norm, step 4.2 conv net: {train_size} training "
+                    f"images, {config.epochs} epochs, dropout rate {config.dropout_rate}, "
+                    f"BN momentum {config.bn_momentum}")
+    return figure

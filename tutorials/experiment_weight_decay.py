@@ -1,0 +1,35 @@
+"""Experiment: with batch norm, can the L2 weight decay be cut by a factor of 5?
+
+The claim (Ioffe & Szegedy 2015, 4.2.1): in a BN network the weight of the L2 loss can be
+reduced 5x (and held-out accuracy improves). The experiment trains the step 4.2 conv net
+with BN and without dropout, SGD with momentum 0.9, with L2 on every kernel at the usual
+strength 5e-4 (the gradient's coefficient of w, as in Caffe's and PyTorch's SGD), at 1e-4,
+and at 0, from the same initial weights; it plots the test accuracy after every epoch and
+the norm of the kernels. tfbn.experiments.weight_decay documents the details.
+
+Run (from the repository root; --help lists every option):
+
+    python tutorials/experiment_weight_decay.py   # about 6 minutes on 2 shared CPU cores
+    tfbn experiment weight_decay                  # the same run
+    tfbn experiment weight_decay --train-size 60000 --epochs 17 --bn-momentum 0.99  # full
+
+Result of the default run (10,000 MNIST training images, 5 epochs, seed 0): test accuracy
+98.67% at 5e-4, 98.49% at 1e-4, 98.69% without L2. Cutting L2 5x cost 0.18 points and
+dropping it cost nothing: in a run this short L2 barely matters with BN, so the claim that
+it can be reduced holds, the claim that reducing it helps is not seen. What L2 does do is
+visible in the kernels' norm: 22.0 at the start, 22.7 after training at 5e-4, 23.9 at 1e-4,
+24.1 without. docs/experiments_b.md has the figure.
+"""
+
+from tfbn import cli
+from tfbn.experiments import weight_decay as experiment
+
+CONFIG = experiment.Config()
+
+
+def main(config: experiment.Config = CONFIG, datasets=None) -> dict:
+    return experiment.run(config, arrays=datasets)
+
+
+if __name__ == "__main__":
+    main(cli.parse_experiment_options("weight_decay", CONFIG))
