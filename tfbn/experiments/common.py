@@ -33,3 +33,14 @@ def save_results(outdir: str | Path, metrics: dict, figure: Figure, config) -> P
                           {**metrics, "config": vars(config), "versions": versions()})
     print(f"figure: {figure_path}\nmetrics: {outdir / 'metrics.json'}")
     return figure_path
+
+
+def call_in_training_mode(model, inputs):
+    """`model(inputs, training=True)`, normalizing with batch statistics, without the side
+    effect: BN layers update their moving statistics (and counters) when called in training
+    mode, and a measurement must not train the model it measures. Eager only."""
+    state = [variable.numpy() for variable in model.non_trainable_variables]
+    outputs = model(inputs, training=True)
+    for variable, value in zip(model.non_trainable_variables, state):
+        variable.assign(value)
+    return outputs
