@@ -1,0 +1,191 @@
+"""The benchmark scripts run end to end on tiny settings; their counting and models are right.
+
+No timing is asserted: throughputs on shared CPUs say nothing in a test.
+"""
+
+import importlib.util
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import keras
+import pytest
+
+from tfbn import steps
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    # Registered first: dataclasses look their module up while the class is created,
+    # and profile_ops imports bench_batchnorm by name.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = load_script("bench_batchnorm")
+profile_ops = load_script("profile_ops")
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    json_path = tmp_path_factory.mktemp("bench") / "results.json"
+    config = bench.BenchmarkConfig(rounds=2, batch_size=8, tiny=True, json=str(json_path))
+    log_lines = []
+    results = bench.main(config, log=log_lines.append)
+    return results, json.loads(json_path.read_text()), "\n".join(log_lines)
+
+
+def test_tiny_run_measures_every_step_and_variant_on_both_clocks(tiny_results):
+    results, _, _ = tiny_results
+    for step_name in bench.STEPS:
+        assert set(results["training"][step_name]) == set(bench.VARIANTS)
+        assert set(results["inference"][step_name]) == {*bench.VARIANTS, bench.FOLDED}
+        for section in ("training", "inference"):
+            for summary in results[section][step_name].values():
+                for clock in bench.CLOCKS:
+                    rates = summary[clock]["per_round_images_per_second"]
+                    assert len(rates) == 2
+                    assert all(rate > 0 for rate in rates)
+
+
+def test_ratios_are_medians_of_per_round_ratios_to_keras(tiny_results):
+    results, _, _ = tiny_results
+    for step_name in bench.STEPS:
+        for clock in bench.CLOCKS:
+            variants = {variant: summary[clock]
+                        for variant, summary in results["training"][step_name].items()}
+            keras_rates = variants["keras"]["per_round_images_per_second"]
+            assert variants["keras"]["ratio"] == 1.0
+            for summary in variants.values():
+                expected = [rate / base for rate, base
+                            in zip(summary["per_round_images_per_second"], keras_rates)]
+                assert summary["per_round_ratios"] == pytest.approx(expected)
+                assert summary["ratio"] == pytest.approx(statistics.median(expected))
+                assert summary["lowest_ratio"] <= summary["ratio"] <= summary["highest_ratio"]
+
+
+def test_ops_show_which_batch_norm_path_each_variant_takes(tiny_results):
+    results, _, _ = tiny_results
+    for step_name in bench.STEPS:
+        ops = results["ops"][step_name]
+        assert ops["fused"]["FusedBatchNormV3"] == 4
+        assert ops["fused"]["FusedBatchNormGradV3"] == 4
+        for variant in ("keras", "moments"):
+            assert ops[variant]["FusedBatchNormV3"] == 0
+            assert ops[variant]["SquaredDifference"] == 4
+
+
+def test_folded_model_folds_every_layer_and_predicts_the_same(tiny_results):
+    results, _, _ = tiny_results
+    for step_name in bench.STEPS:
+        folded = results["inference"][step_name][bench.FOLDED]
+        assert (folded["folded_layers"], folded["kept_layers"]) == (4, 0)
+        assert folded["max_abs_prediction_difference"] < 1e-5
+
+
+def test_pipeline_and_flops_sections(tiny_results):
+    results, _, _ = tiny_results
+    for step_name in bench.STEPS:
+        pipeline = results["pipeline"][step_name]
+        assert pipeline["epoch_images"] == bench.TINY_TRAIN_SIZE
+        for clock in bench.CLOCKS:
+            assert pipeline["first_epoch_images_per_second"][clock] > 0
+            assert pipeline["cached_epoch_images_per_second"][clock] > 0
+            assert len(pipeline["fed_over_resident"][clock]["per_round_ratios"]) == 2
+        flops = results["flops"][step_name]
+        # The profiler also counts BN, activations, loss and Adam, a few percent more.
+        assert (flops["analytic_training_flops_per_image"]
+                <= flops["profiled_training_flops_per_image"]
+                <= 1.3 * flops["analytic_training_flops_per_image"])
+        for clock in bench.CLOCKS:
+            training_rates = results["training"][step_name]["auto"][clock][
+                "per_round_images_per_second"]
+            fractions = flops[clock]["per_round_fractions_of_matmul"]
+            implied_matmul_rates = [rate * flops["analytic_training_flops_per_image"] / fraction
+                                    for rate, fraction in zip(training_rates, fractions)]
+            # Every round divides by the same matmul measurement's rate of that round.
+            assert statistics.median(implied_matmul_rates) == pytest.approx(
+                flops[clock]["matmul_flops_per_second"])
+
+
+def test_json_holds_the_printed_results(tiny_results):
+    results, written, log = tiny_results
+    assert written["training"] == results["training"]
+    assert written["machine"]["cores"] >= 1
+    assert "Training throughput" in log and "Achieved FLOP/s" in log
+
+
+def test_analytic_flops_count_two_per_multiply_add():
+    dense = keras.Sequential([keras.Input((784,)), keras.layers.Dense(10)])
+    # First layer: forward and weight gradient only.
+    assert bench.analytic_training_flops_per_image(dense) == 2 * 2 * 784 * 10
+
+    conv = keras.Sequential([
+        keras.Input((8, 8, 1)),
+        keras.layers.Conv2D(4, 3, padding="same"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(5),
+    ])
+    conv_forward = 2 * (8 * 8) * (3 * 3 * 1 * 4)
+    dense_forward = 2 * (8 * 8 * 4) * 5
+    assert bench.analytic_training_flops_per_image(conv) == 2 * conv_forward + 3 * dense_forward
+
+
+@pytest.mark.parametrize("step_name", list(bench.STEPS))
+def test_cloned_models_match_the_librarys_custom_model(step_name):
+    reference = steps.get(step_name).build_model("keras")
+    cloned = bench.with_tfbn_layers(reference, "auto")
+    library = steps.get(step_name).build_model("custom")
+    assert ([(type(layer).__name__, layer.get_config()) for layer in cloned.layers]
+            == [(type(layer).__name__, layer.get_config()) for layer in library.layers])
+
+
+def test_bad_options_are_rejected():
+    with pytest.raises(ValueError, match="rounds must be a positive integer, got 0"):
+        bench.BenchmarkConfig(rounds=0)
+    with pytest.raises(ValueError, match="seconds_per_timing must be positive, got -1"):
+        bench.BenchmarkConfig(seconds_per_timing=-1)
+    with pytest.raises(SystemExit):
+        bench.parse_config(["--batch-size", "0"])
+    assert bench.parse_config(["--tiny", "--rounds", "3"]) == bench.BenchmarkConfig(
+        rounds=3, tiny=True)
+
+
+
+@pytest.mark.parametrize("mode", ["train", "infer"])
+def test_profile_splits_kernel_time_by_op_type_and_bn_layers(mode):
+    config = profile_ops.ProfileConfig(step="4.1", mode=mode, batch_size=8, calls=1)
+    profiles = profile_ops.main(config, log=lambda line: None)
+    expected = {*bench.VARIANTS, bench.FOLDED} if mode == "infer" else set(bench.VARIANTS)
+    assert set(profiles) == expected
+    for variant, profile in profiles.items():
+        op_types = set(profile["milliseconds_by_op_type"])
+        ran_fused_kernel = any("FusedBatchNorm" in op_type for op_type in op_types)
+        assert ran_fused_kernel == (variant == "fused")
+        assert profile["total_milliseconds"] == pytest.approx(
+            sum(profile["milliseconds_by_op_type"].values()))
+        if variant == bench.FOLDED:
+            assert profile["batch_norm_milliseconds"] == 0
+        else:
+            assert 0 < profile["batch_norm_milliseconds"] < profile["total_milliseconds"]
+
+
+def test_batch_norm_nodes_are_matched_by_whole_scope_name():
+    names = {"dense1_bn"}
+    assert profile_ops.is_batch_norm_node("dense_network_1/dense1_bn_1/moments/mean", names)
+    assert profile_ops.is_batch_norm_node(
+        "gradient_tape/dense_network_1/dense1_bn/batchnorm/mul/Mul", names)
+    assert not profile_ops.is_batch_norm_node("dense_network_1/dense1/MatMul", names)
+    assert not profile_ops.is_batch_norm_node("dense_network_1/dense1_bn_extra/Add", names)
+
+
+def test_profile_rejects_bad_options():
+    with pytest.raises(ValueError, match="mode must be one of train, infer, got 'eval'"):
+        profile_ops.ProfileConfig(mode="eval")
+    with pytest.raises(ValueError, match="calls must be a positive integer, got 0"):
+        profile_ops.ProfileConfig(calls=0)
