@@ -38,22 +38,32 @@ def train(step_name: str, config: RunConfig | None = None, arrays=None) -> dict:
     step = steps.get(step_name)
     config = config or RunConfig()
     bn = resolve_bn(step, config.bn)
-    logdir = Path(config.logdir) if config.logdir else None
+    strategy = devices.make_strategy(config.strategy)
+    chief = devices.is_chief(strategy)
+    run_dir = Path(config.logdir) if config.logdir else None
+    # Only the chief writes the run directory (workers would write the same files);
+    # the others keep just their own resume state beside it, so every worker resumes.
+    logdir = run_dir if chief else None
+    worker_backup = None
     if logdir is not None:
         _prepare_logdir(logdir, step, config)
+    elif run_dir is not None:
+        worker_backup = run_dir / f"backup-worker-{devices.worker_index(strategy)}"
+        print(f"the chief writes {run_dir}; this worker keeps its resume state in {worker_backup}")
     else:
         print(f"no --logdir: metrics, TensorBoard logs and the dashboard are not kept "
               f"(e.g. --logdir runs/{step.name} keeps them there)")
 
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
-    strategy = devices.make_strategy(config.strategy)
     policy = devices.mixed_precision_policy(config.mixed_precision)
     device = devices.describe_device()
     replicas = strategy.num_replicas_in_sync
+    synchronized = replicas > 1 and bn != "none"
     print(f"step {step.name}: {step.title}")
     print(f"device: {device}; strategy: {config.strategy} ({replicas} replica(s)); "
-          f"precision: {policy}; XLA: {'on' if config.xla else 'off'}; batch norm: {bn}")
+          f"precision: {policy}; XLA: {'on' if config.xla else 'off'}; batch norm: {bn}"
+          f"{' (statistics synchronized over the replicas)' if synchronized else ''}")
     print(f"global batch size: {config.batch_size} "
           f"({config.batch_size / replicas:g} per replica); learning rate: "
           f"{_describe_learning_rate(step, config.learning_rate_scale)}")
@@ -65,18 +75,23 @@ def train(step_name: str, config: RunConfig | None = None, arrays=None) -> dict:
     if config.steps_per_epoch is not None:
         train_dataset = train_dataset.repeat()
 
-    with devices.precision_policy(policy):
-        with strategy.scope():
-            model = step.build_model(bn)
-            model.compile(optimizer=step.make_optimizer(config.learning_rate_scale),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"],
-                          jit_compile=config.xla)
+    with devices.precision_policy(policy), strategy.scope():
+        model = step.build_model(bn)
+        if synchronized:
+            devices.synchronize_batch_norm(model)
+        model.compile(optimizer=step.make_optimizer(config.learning_rate_scale),
+                      loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+                      jit_compile=config.xla)
+        if devices.is_multi_worker(strategy):
+            devices.prepare_multi_worker_fit(model)
         if config.verbose:
             model.summary()
         clock = RunClock(logdir)
         callbacks = [clock]
         if logdir is not None:
             callbacks += _logdir_callbacks(logdir, config, arrays, step)
+        elif worker_backup is not None:
+            callbacks.append(keras.callbacks.BackupAndRestore(str(worker_backup)))
         model.fit(train_dataset, validation_data=test_dataset, epochs=epochs,
                   steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
                   shuffle=False,  # the dataset reshuffles itself every epoch
@@ -101,6 +116,7 @@ def train(step_name: str, config: RunConfig | None = None, arrays=None) -> dict:
         "precision": policy,
         "xla": config.xla,
         "strategy": config.strategy,
+        "replicas": replicas,
         "versions": versions(),
     }
     print(f"best test accuracy over the epochs: {metrics['best_test_accuracy']:.4f}; "
@@ -109,7 +125,7 @@ def train(step_name: str, config: RunConfig | None = None, arrays=None) -> dict:
     if logdir is not None:
         write_json_atomically(logdir / "metrics.json", metrics)
         print(f"metrics: {logdir / 'metrics.json'}")
-    if config.export:
+    if config.export and chief:
         from tfbn.fold import export_inference_model
         export_inference_model(model, config.export)
         print(f"folded inference model: {config.export}")
