@@ -112,7 +112,7 @@ PARITY_CASES = {
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
-@pytest.mark.parametrize("implementation", ["moments", "fused"])
+@pytest.mark.parametrize("implementation", ["moments", "fused", "auto"])
 @pytest.mark.parametrize("case", sorted(PARITY_CASES))
 def test_parity_with_keras(case, implementation, compiled):
     shape, axis, kwargs = PARITY_CASES[case]
@@ -303,7 +303,41 @@ def test_mixed_precision(policy, shape):
     assert_close(ours.moving_variance, theirs.moving_variance, f"{policy}, moving_variance")
 
 
-@pytest.mark.parametrize("implementation", ["moments", "fused"])
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf_function"])
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("case", ["dense", "sequence_axis1"])
+def test_mixed_precision_values_and_gradients(case, policy, compiled):
+    shape, axis, kwargs = PARITY_CASES[case]
+    theirs, ours = twin_layers(dtype=policy, axis=axis, **kwargs)
+    build_alike(theirs, ours, shape)
+    compute_dtype = keras.DTypePolicy(policy).compute_dtype
+    batches = [tf.cast(x, compute_dtype) for x in random_batches(shape)]
+    # bfloat16 keeps 8 significant bits (rounding 4e-3): compare to a few of those.
+    compare_runs(theirs, ours, batches, f"{case}/{policy}", compiled, tolerance=1e-2)
+
+
+def test_auto_trains_dense_layers_with_fewer_gradient_ops_than_moments():
+    def gradient_ops(implementation):
+        layer = BatchNorm(implementation=implementation)
+        layer.build((32, 6))
+
+        def loss_gradients(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(tf.square(layer(x, training=True)))
+            return tape.gradient(loss, [x, *layer.trainable_weights])
+
+        graph = (
+            tf.function(loss_gradients)
+            .get_concrete_function(tf.TensorSpec((32, 6), tf.float32))
+            .graph
+        )
+        return len(graph.get_operations())
+
+    assert gradient_ops("auto") < 0.8 * gradient_ops("moments")
+
+
+@pytest.mark.parametrize("implementation", ["moments", "fused", "auto"])
 @pytest.mark.parametrize("shape", [(1, 4), (1, 1, 1, 4)], ids=["dense", "conv"])
 def test_batch_of_one_is_finite_and_matches_keras(implementation, shape):
     theirs, ours = twin_layers({"implementation": implementation}, momentum=0.5)
