@@ -148,8 +148,11 @@ def test_weight_decay_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
     assert_same_order_for_all(first_epoch_orders, runs=2)
     assert [run["weight_decay"] for run in runs] == pytest.approx([5e-4, 1e-4])
     assert metrics["steps"] == 2 * 1  # 64 images in one batch of 100, two epochs
-    for run in runs:
+    for run, strength in zip(runs, (5e-4, 1e-4)):
         assert len(run["kernel_norm_per_epoch"]) == 3  # initial weights, then each epoch
+        # Keras's loss minus the cross-entropy is the L2 term of the final kernels.
+        assert run["l2_term"] == pytest.approx(strength / 2 * run["kernel_norm"] ** 2, rel=1e-3)
+        assert run["train_cross_entropy"] > 0 and run["test_cross_entropy"] > 0
         assert run["kernel_norm"] == run["kernel_norm_per_epoch"][-1]
         assert len(run["sampled_test_accuracy_per_epoch"]) == 2
     # The same initial weights for every strength: only the training differs.

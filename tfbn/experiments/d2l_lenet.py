@@ -20,8 +20,7 @@ redundant; d2l keeps them), weights start from Keras's Glorot-uniform default, p
 scaled to [0, 1] and nothing else, the loss is the cross-entropy of the logits, and the
 reported training accuracy is the running one over each epoch, in training mode.
 
-Default (a few minutes on 2 CPU cores): 3 epochs. d2l's setting, 10 epochs (about 7
-minutes on 2 CPU cores):
+Default: 3 epochs (3 minutes on 2 shared CPU cores). d2l's setting, 10 epochs (8 minutes):
 
     tfbn experiment d2l_lenet --epochs 10
 """
