@@ -18,7 +18,7 @@ without BN (d2l: 0.883, 0.884, 0.811); training accuracy 0.899, 0.904, 0.829. Tr
 matches d2l and the no-BN net lands on its number; the BN nets' test accuracy swings by up
 to 16 points between epochs at rate 1.0 (best epochs 0.838 and 0.852), and this run ended
 3-6 points below d2l's. The two BN layers train alike, epoch by epoch. The default 3-epoch
-run reached 0.728, 0.803 and 0.708. docs/experiments_b.md has the figure.
+run reached 0.728, 0.803 and 0.708. docs/experiments.md has the figure.
 """
 
 from tfbn import cli

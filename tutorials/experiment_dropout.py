@@ -21,7 +21,7 @@ with dropout after it. BN is worth about +0.6 points, dropout +0.1; on top of BN
 adds nothing beyond the noise of one run. The accuracy gap is 1.7-2.2 points for all
 five; the loss gap (test minus train cross-entropy) falls from 0.066 (neither) to 0.052
 (dropout), 0.051 (BN) and 0.044-0.046 (BN and dropout). No variance-shift penalty for
-dropout before BN at rate 0.25. docs/experiments_b.md has the figure.
+dropout before BN at rate 0.25. docs/experiments.md has the figure.
 """
 
 from tfbn import cli

@@ -18,7 +18,7 @@ rates 0.001 / 0.003 / 0.01 / 0.03 / 0.1 / 0.3: without BN 93.3 / 96.1 / 96.3 / 2
 11.4 / 9.7%, with BN 95.1 / 95.8 / 94.9 / 95.8 / 95.7 / 93.4%. Without BN the net fails
 from 0.03 up (its loss stalls at 1.45, then at chance, 2.33; nothing becomes NaN); with BN
 every rate up to 0.3, 30 times the plain net's best, trains to 93-96%. At the low rates
-where both train, BN gives no gain here. docs/experiments_a.md has the figure.
+where both train, BN gives no gain here. docs/experiments.md has the figure.
 """
 
 from tfbn import cli

@@ -27,7 +27,7 @@ statistics after 25 / 50 / 100 / 200 / 1,000 steps: momentum 0.99 62.3 / 67.8 / 
 deviations off the population mean after 100 steps (debiased 0.06, momentum 0.9 0.06), and
 0.03 after 1,000 (0.9: 0.014). Predicting with batch statistics after 1,000 steps: 10.1%
 on batches of one (every image gets the same class), 74.9% on batches of 4, 93.4% of 16,
-96.2% of 64, 96.75% of 256, the same as with the moving statistics. docs/experiments_a.md
+96.2% of 64, 96.75% of 256, the same as with the moving statistics. docs/experiments.md
 has the figure.
 """
 

@@ -19,7 +19,7 @@ Result of the default run (10,000 steps, MNIST, seed 0): test accuracy 97.14% wi
 without BN is still at chance (18.4%, 10.1%) and needs 4,250 steps to pass 90%. Without
 BN the median input of sigmoid 0 wanders over 0.95 (from -0.53 up to +0.23, down to
 -0.72) and its 15th-85th percentile spread grows from 0.05 to 2.4; with BN the median
-stays within 0.23 of zero (+0.01 to +0.24). docs/experiments_a.md has the figure.
+stays within 0.23 of zero (+0.01 to +0.24). docs/experiments.md has the figure.
 """
 
 from tfbn import cli

@@ -20,7 +20,7 @@ without BN (the first layer's is 74 times smaller than the last's, although its 
 has 523 times as many entries) and 0.65, 0.37, 0.27, 0.23, 0.80 with BN. Without BN the
 first two layers' norms stay below 0.01 for the first 1,500 steps and the test accuracy
 stays at 10-13% (chance) for most of them, 50.2% after 3,000 steps; with BN it is 92.7%
-after 1,000 steps and 96.2% after 3,000. docs/experiments_a.md has the figure.
+after 1,000 steps and 96.2% after 3,000. docs/experiments.md has the figure.
 """
 
 from tfbn import cli

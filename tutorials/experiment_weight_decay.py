@@ -18,7 +18,7 @@ Result of the default run (10,000 MNIST training images, 5 epochs, seed 0): test
 (0.042): with BN, cutting L2 by 5 costs nothing measurable in a run this short, and
 neither does dropping it; that the reduction helps, as the paper found, is not seen. What
 L2 does do shows in the kernels' norm: 22.0 at the start, 22.7 after training at 5e-4,
-23.9 at 1e-4, 24.2 without. docs/experiments_b.md has the figure.
+23.9 at 1e-4, 24.2 without. docs/experiments.md has the figure.
 """
 
 from tfbn import cli
