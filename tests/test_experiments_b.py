@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tfbn import BatchNorm, cli, models, steps
-from tfbn.experiments import d2l_lenet, dropout, weight_decay
+from tfbn.experiments import common, d2l_lenet, dropout, weight_decay
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 
@@ -118,19 +118,18 @@ def test_dropout_rejects_a_train_size_larger_than_the_data(tiny_mnist, tmp_path)
         dropout.run(dropout.Config(train_size=65, outdir=str(tmp_path)), arrays=tiny_mnist)
 
 
-@pytest.mark.parametrize("module", [dropout, weight_decay])
-def test_training_subset_is_a_seeded_sample_without_repeats(module):
+def test_training_subset_is_a_seeded_sample_without_repeats():
     images = np.arange(100, dtype=np.uint8).reshape(100, 1, 1)
     labels = np.arange(100) % 10
-    subset, subset_labels = module._training_subset(images, labels, 30, seed=3)
+    subset, subset_labels = common.training_subset(images, labels, 30, seed=3)
     chosen = subset[:, 0, 0]
     assert len(np.unique(chosen)) == 30
     np.testing.assert_array_equal(subset_labels, chosen % 10)
-    again, _ = module._training_subset(images, labels, 30, seed=3)
-    other, _ = module._training_subset(images, labels, 30, seed=4)
+    again, _ = common.training_subset(images, labels, 30, seed=3)
+    other, _ = common.training_subset(images, labels, 30, seed=4)
     np.testing.assert_array_equal(again, subset)
     assert not np.array_equal(other, subset)
-    whole, _ = module._training_subset(images, labels, 100, seed=3)
+    whole, _ = common.training_subset(images, labels, 100, seed=3)
     assert whole is images
 
 

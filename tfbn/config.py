@@ -17,7 +17,8 @@ BN_CHOICES = ("custom", "keras", "none")
 STRATEGY_CHOICES = ("default", "mirrored", "multiworker")
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None, **metadata):
+def option(help_text: str, choices: tuple[str, ...] | None = None, **metadata):
+    """A field's metadata as `add_arguments` reads it: the option's help and choices."""
     return {"help": help_text, "choices": choices, **metadata}
 
 
@@ -26,48 +27,42 @@ class RunConfig:
     """Options of one training run. `None` means "the step's own default"."""
 
     epochs: Optional[int] = dataclasses.field(
-        default=None, metadata=_option("epochs to train (default: the step's)"))
+        default=None, metadata=option("epochs to train (default: the step's)"))
     steps_per_epoch: Optional[int] = dataclasses.field(
-        default=None, metadata=_option("batches per epoch (default: the whole training set)"))
+        default=None, metadata=option("batches per epoch (default: the whole training set)"))
     batch_size: int = dataclasses.field(
-        default=100, metadata=_option("training batch size (global, over all replicas)"))
+        default=100, metadata=option("training batch size (global, over all replicas)"))
     bn: Optional[str] = dataclasses.field(
         default=None,
-        metadata=_option("batch norm layer: tfbn.BatchNorm (custom), keras's built-in, or none "
-                         "(default: custom on BN steps, none elsewhere)", BN_CHOICES))
+        metadata=option("batch norm layer: tfbn.BatchNorm (custom), keras's built-in, or none "
+                        "(default: custom on BN steps, none elsewhere)", BN_CHOICES))
     learning_rate_scale: float = dataclasses.field(
-        default=1.0, metadata=_option("multiply the step's learning-rate schedule by this"))
+        default=1.0, metadata=option("multiply the step's learning-rate schedule by this"))
     logdir: Optional[str] = dataclasses.field(
         default=None,
-        metadata=_option("run directory: metrics, TensorBoard logs, dashboard, resume state"))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
+        metadata=option("run directory: metrics, TensorBoard logs, dashboard, resume state"))
+    seed: int = dataclasses.field(default=0, metadata=option("random seed"))
     mixed_precision: bool = dataclasses.field(
         default=False,
-        metadata=_option("mixed_float16 on a GPU, mixed_bfloat16 on a CPU"))
-    xla: bool = dataclasses.field(default=False, metadata=_option("compile with XLA"))
+        metadata=option("mixed_float16 on a GPU, mixed_bfloat16 on a CPU"))
+    xla: bool = dataclasses.field(default=False, metadata=option("compile with XLA"))
     strategy: str = dataclasses.field(
         default="default",
-        metadata=_option("tf.distribute strategy (multiworker reads TF_CONFIG)",
-                         STRATEGY_CHOICES))
+        metadata=option("tf.distribute strategy (multiworker reads TF_CONFIG)",
+                        STRATEGY_CHOICES))
     live: bool = dataclasses.field(
-        default=False, metadata=_option("show the dashboard live when a display exists"))
+        default=False, metadata=option("show the dashboard live when a display exists"))
     export: Optional[str] = dataclasses.field(
         default=None,
-        metadata=_option("write the BN-folded inference model (.keras and SavedModel) here"))
+        metadata=option("write the BN-folded inference model (.keras and SavedModel) here"))
     verbose: int = dataclasses.field(
-        default=1, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch"))
+        default=1, metadata=option("Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch"))
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("epochs", "steps_per_epoch", "batch_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.learning_rate_scale > 0:
-            raise ValueError(
-                f"learning_rate_scale must be positive, got {self.learning_rate_scale!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_positive_integers(self, "epochs", "steps_per_epoch", "batch_size")
+        check_positive(self, "learning_rate_scale")
+        check_verbose(self)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -85,6 +80,42 @@ def check_fields(config) -> None:
         if choices and value is not None and value not in choices:
             raise ValueError(f"{field.name} must be one of {', '.join(map(str, choices))}; "
                              f"got {value!r}")
+
+
+def check_positive_integers(config, *names: str) -> None:
+    """Each of the fields `names` is at least 1 (or None: "the default")."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_positive(config, *names: str) -> None:
+    """Each of the number fields `names` is greater than 0."""
+    for name in names:
+        value = getattr(config, name)
+        if not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_fraction(config, *names: str) -> None:
+    """Each of the fields `names` is in [0, 1) (a rate or a momentum)."""
+    for name in names:
+        value = getattr(config, name)
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+
+
+def check_divides(config, divisor: str, total: str) -> None:
+    """The field `divisor` divides the field `total` (records fall on whole steps)."""
+    if getattr(config, total) % getattr(config, divisor):
+        raise ValueError(f"{divisor} must divide {total} ({getattr(config, total)}), "
+                         f"got {getattr(config, divisor)!r}")
+
+
+def check_verbose(config) -> None:
+    if config.verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0, 1 or 2, got {config.verbose!r}")
 
 
 def _field_type(config_class: type, field: dataclasses.Field) -> type:

@@ -1,21 +1,117 @@
-"""What every experiment does the same way: its data, its output files."""
+"""What every experiment does the same way: its options, data, training loop, output files."""
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
+import keras
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 from tfbn import data  # noqa: E402
+from tfbn.config import option  # noqa: E402
 from tfbn.training import versions, write_json_atomically  # noqa: E402
+
+
+# The Config fields most experiments share, so that they mean and read the same everywhere.
+
+def batch_size_field(default: int, help_text: str = "training batch size"):
+    return dataclasses.field(default=default, metadata=option(help_text))
+
+
+def bn_field():
+    return dataclasses.field(
+        default="custom",
+        metadata=option("BN layer: tfbn.BatchNorm (custom) or keras's", ("custom", "keras")))
+
+
+def bn_momentum_field():
+    return dataclasses.field(
+        default=0.9, metadata=option("momentum of BN's moving averages (0.9 for short runs: "
+                                     "see the module docstring; the codelab's is 0.99)"))
+
+
+def evaluation_size_field():
+    return dataclasses.field(
+        default=2000, metadata=option("test images evaluated after each epoch for the "
+                                      "curves; the final numbers use the whole test set"))
+
+
+def dataset_field():
+    return dataclasses.field(default="mnist", metadata=option("dataset", data.DATASETS))
+
+
+def seed_field():
+    return dataclasses.field(default=0, metadata=option("random seed"))
+
+
+def outdir_field(experiment: str):
+    return dataclasses.field(default=f"runs/experiments/{experiment}",
+                             metadata=option("where figure.png and metrics.json go"))
+
+
+def verbose_field(default: int, line_per: str):
+    """`line_per`: what verbose=2 prints one line for ("epoch", or "record" when an epoch
+    is the steps between two records)."""
+    return dataclasses.field(
+        default=default, metadata=option("Keras verbosity: 0 silent, 1 progress bar, 2 one "
+                                         f"line per {line_per}"))
 
 
 def dataset_arrays(arrays=None, dataset: str = "mnist"):
     """`arrays` when given (tests pass tiny ones), else the real dataset."""
     return arrays if arrays is not None else data.load_mnist(dataset)
+
+
+def training_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
+    """`size` examples drawn without replacement (all of them, in order, when size is all)."""
+    if size > len(images):
+        raise ValueError(f"train_size must be at most the {len(images)} training images, "
+                         f"got {size!r}")
+    if size == len(images):
+        return images, labels
+    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))
+    return images[chosen], labels[chosen]
+
+
+def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+    """Plain SGD for "sgd", Adam for "adam"."""
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    return keras.optimizers.Adam(learning_rate)
+
+
+class RecordEveryEpoch(keras.callbacks.Callback):
+    """Calls `_record()` at the start and after every epoch (in the step-counted experiments
+    an epoch is `record_every` steps, see `fit_in_records`)."""
+
+    def on_train_begin(self, logs=None):
+        self._record()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record()
+
+    def _record(self):
+        raise NotImplementedError
+
+
+def fit_in_records(model, train_dataset, config, callbacks=(), validation_data=None,
+                   validation_batch_size: int | None = None):
+    """Trains `config.steps` steps as epochs of `config.record_every` steps, so that the
+    callbacks and the validation see the model once per record. Returns the history and the
+    seconds the training took."""
+    started = time.perf_counter()
+    history = model.fit(train_dataset.repeat(), steps_per_epoch=config.record_every,
+                        epochs=config.steps // config.record_every,
+                        validation_data=validation_data,
+                        validation_batch_size=validation_batch_size,
+                        callbacks=list(callbacks), shuffle=False, verbose=config.verbose)
+    return history, time.perf_counter() - started
 
 
 def save_results(outdir: str | Path, metrics: dict, figure: Figure, config) -> Path:

@@ -34,8 +34,10 @@ import keras
 import numpy as np
 
 from tfbn import data
-from tfbn.config import check_fields
-from tfbn.experiments.common import dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_positive, check_positive_integers, check_verbose, option)
+from tfbn.experiments.common import (
+    dataset_arrays, outdir_field, save_results, seed_field, verbose_field)
 from tfbn.layer import BatchNorm
 
 TITLE = "cross-check with d2l.ai: BN LeNet (sigmoid) on Fashion-MNIST, scratch vs built-in vs none"
@@ -63,39 +65,26 @@ NETWORKS = (
 )
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
-
-
 @dataclasses.dataclass
 class Config:
     epochs: int = dataclasses.field(
-        default=3, metadata=_option(f"epochs per network (d2l: {D2L_EPOCHS})"))
+        default=3, metadata=option(f"epochs per network (d2l: {D2L_EPOCHS})"))
     batch_size: int = dataclasses.field(
-        default=256, metadata=_option("training batch size (d2l: 256)"))
+        default=256, metadata=option("training batch size (d2l: 256)"))
     learning_rate: float = dataclasses.field(
-        default=1.0, metadata=_option("SGD learning rate of the BN LeNets (d2l: 1.0)"))
+        default=1.0, metadata=option("SGD learning rate of the BN LeNets (d2l: 1.0)"))
     plain_learning_rate: float = dataclasses.field(
-        default=0.9, metadata=_option("SGD learning rate of the LeNet without BN "
-                                      "(d2l's LeNet chapter: 0.9)"))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/d2l_lenet",
-        metadata=_option("where figure.png and metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=2, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per epoch"))
+        default=0.9, metadata=option("SGD learning rate of the LeNet without BN "
+                                     "(d2l's LeNet chapter: 0.9)"))
+    seed: int = seed_field()
+    outdir: str = outdir_field("d2l_lenet")
+    verbose: int = verbose_field(2, "epoch")
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        for name in ("learning_rate", "plain_learning_rate"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_positive_integers(self, "epochs", "batch_size")
+        check_positive(self, "learning_rate", "plain_learning_rate")
+        check_verbose(self)
 
 
 def _scratch_bn(name: str) -> keras.layers.Layer:

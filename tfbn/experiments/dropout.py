@@ -49,8 +49,12 @@ import keras
 import numpy as np
 
 from tfbn import data, models, steps
-from tfbn.config import check_fields
-from tfbn.experiments.common import dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_fraction, check_positive_integers, check_verbose, option)
+from tfbn.experiments.common import (
+    batch_size_field, bn_field, bn_momentum_field, dataset_arrays, dataset_field,
+    evaluation_size_field, outdir_field, save_results, seed_field, training_subset,
+    verbose_field)
 from tfbn.schedules import DecayToFloor
 
 TITLE = "dropout vs batch norm on the conv net: test accuracy and the train/test gap"
@@ -78,52 +82,33 @@ VARIANTS = (
 )
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
-
-
 @dataclasses.dataclass
 class Config:
-    epochs: int = dataclasses.field(default=6, metadata=_option("epochs per variant"))
+    epochs: int = dataclasses.field(default=6, metadata=option("epochs per variant"))
     train_size: int = dataclasses.field(
-        default=5000, metadata=_option("training images used (60000: all of them)"))
-    batch_size: int = dataclasses.field(default=100, metadata=_option("training batch size"))
+        default=5000, metadata=option("training images used (60000: all of them)"))
+    batch_size: int = batch_size_field(100)
     dropout_rate: float = dataclasses.field(
-        default=0.25, metadata=_option("dropout rate where there is dropout (the codelab's)"))
-    bn: str = dataclasses.field(
-        default="custom", metadata=_option("BN layer: tfbn.BatchNorm (custom) or keras's",
-                                           ("custom", "keras")))
-    bn_momentum: float = dataclasses.field(
-        default=0.9, metadata=_option("momentum of BN's moving averages (0.9 for short runs: "
-                                      "see the module docstring; the codelab's is 0.99)"))
+        default=0.25, metadata=option("dropout rate where there is dropout (the codelab's)"))
+    bn: str = bn_field()
+    bn_momentum: float = bn_momentum_field()
     variants: str = dataclasses.field(
         default=",".join(variant.name for variant in VARIANTS),
-        metadata=_option("comma-separated variants to train, from: "
-                         + ", ".join(variant.name for variant in VARIANTS)))
-    evaluation_size: int = dataclasses.field(
-        default=2000, metadata=_option("test images evaluated after each epoch for the "
-                                       "curves; the final numbers use the whole test set"))
-    dataset: str = dataclasses.field(
-        default="mnist", metadata=_option("dataset", data.DATASETS))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/dropout", metadata=_option("where figure.png and "
-                                                             "metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=2, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per epoch"))
+        metadata=option("comma-separated variants to train, from: "
+                        + ", ".join(variant.name for variant in VARIANTS)))
+    evaluation_size: int = evaluation_size_field()
+    dataset: str = dataset_field()
+    seed: int = seed_field()
+    outdir: str = outdir_field("dropout")
+    verbose: int = verbose_field(2, "epoch")
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("epochs", "train_size", "batch_size", "evaluation_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        check_positive_integers(self, "epochs", "train_size", "batch_size", "evaluation_size")
         if not 0 < self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in (0, 1), got {self.dropout_rate!r}")
-        if not 0 <= self.bn_momentum < 1:
-            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_fraction(self, "bn_momentum")
+        check_verbose(self)
         self.chosen_variants()
 
     def chosen_variants(self) -> tuple[Variant, ...]:
@@ -171,7 +156,7 @@ def build_model(variant: Variant, *, bn: str = "custom", dropout_rate: float = 0
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
     (x_train, y_train), (x_test, y_test) = dataset_arrays(arrays, config.dataset)
-    x_train, y_train = _training_subset(x_train, y_train, config.train_size, config.seed)
+    x_train, y_train = training_subset(x_train, y_train, config.train_size, config.seed)
     train_images = data.normalize_images(x_train)
     test_images = data.normalize_images(x_test)
     evaluation = slice(0, min(config.evaluation_size, len(x_test)))
@@ -231,17 +216,6 @@ def compressed_schedule(total_steps: int) -> DecayToFloor:
     original = steps.RELU_DECAY
     time_constants = CODELAB_ITERATIONS / original.decay_steps
     return DecayToFloor(original.peak, original.floor, total_steps / time_constants)
-
-
-def _training_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
-    """`size` examples drawn without replacement (all of them, in order, when size is all)."""
-    if size > len(images):
-        raise ValueError(f"train_size must be at most the {len(images)} training images, "
-                         f"got {size!r}")
-    if size == len(images):
-        return images, labels
-    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))
-    return images[chosen], labels[chosen]
 
 
 def _figure(results: dict, config: Config, train_size: int, evaluation_size: int):

@@ -26,24 +26,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import keras
 import numpy as np
 
 from tfbn import data, steps
-from tfbn.config import check_fields
-from tfbn.experiments.common import dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_divides, check_positive_integers, check_verbose, option)
+from tfbn.experiments.common import (
+    batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, make_optimizer,
+    outdir_field, save_results, seed_field, verbose_field)
 
 TITLE = "higher learning rates: a learning-rate sweep of the 5-layer sigmoid net, +/- BN"
 
 ARCHITECTURES = {"none": "2.0", "bn": "4.0"}
 EVALUATION_BATCH_SIZE = 1000
 CHANCE_ACCURACY = 0.1
-
-
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
 
 
 def parse_learning_rates(text: str) -> list[float]:
@@ -63,43 +61,26 @@ def parse_learning_rates(text: str) -> list[float]:
 class Config:
     learning_rates: str = dataclasses.field(
         default="0.001,0.003,0.01,0.03,0.1,0.3",
-        metadata=_option("comma-separated learning rates to train each network at"))
+        metadata=option("comma-separated learning rates to train each network at"))
     optimizer: str = dataclasses.field(
-        default="adam", metadata=_option("optimizer for every run", ("adam", "sgd")))
-    steps: int = dataclasses.field(default=1200, metadata=_option("training steps per run"))
+        default="adam", metadata=option("optimizer for every run", ("adam", "sgd")))
+    steps: int = dataclasses.field(default=1200, metadata=option("training steps per run"))
     record_every: int = dataclasses.field(
-        default=100, metadata=_option("steps between two points of the loss curves; must "
-                                      "divide steps"))
-    batch_size: int = dataclasses.field(default=100, metadata=_option("training batch size"))
-    bn: str = dataclasses.field(
-        default="custom", metadata=_option("BN layer: tfbn.BatchNorm (custom) or keras's",
-                                           ("custom", "keras")))
-    dataset: str = dataclasses.field(default="mnist", metadata=_option("dataset", data.DATASETS))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/learning_rates",
-        metadata=_option("where figure.png and metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=0, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per record"))
+        default=100, metadata=option("steps between two points of the loss curves; must "
+                                     "divide steps"))
+    batch_size: int = batch_size_field(100)
+    bn: str = bn_field()
+    dataset: str = dataset_field()
+    seed: int = seed_field()
+    outdir: str = outdir_field("learning_rates")
+    verbose: int = verbose_field(0, "record")
 
     def __post_init__(self):
         check_fields(self)
         parse_learning_rates(self.learning_rates)
-        for name in ("steps", "record_every", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.steps % self.record_every:
-            raise ValueError(f"record_every must divide steps ({self.steps}), "
-                             f"got {self.record_every!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
-
-
-def _make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    return keras.optimizers.Adam(learning_rate)
+        check_positive_integers(self, "steps", "record_every", "batch_size")
+        check_divides(self, "record_every", "steps")
+        check_verbose(self)
 
 
 def run(config: Config | None = None, arrays=None) -> dict:
@@ -121,13 +102,9 @@ def run(config: Config | None = None, arrays=None) -> dict:
             train_dataset, _ = data.mnist_datasets(config.batch_size, flat=True,
                                                    seed=config.seed, arrays=arrays)
             model = steps.get(step_name).build_model("none" if name == "none" else config.bn)
-            model.compile(optimizer=_make_optimizer(config.optimizer, rate),
+            model.compile(optimizer=make_optimizer(config.optimizer, rate),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            started = time.perf_counter()
-            history = model.fit(train_dataset.repeat(), steps_per_epoch=config.record_every,
-                                epochs=config.steps // config.record_every,
-                                shuffle=False, verbose=config.verbose)
-            seconds = time.perf_counter() - started
+            history, seconds = fit_in_records(model, train_dataset, config)
             test_loss, test_accuracy = model.evaluate(
                 test_images, y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
             losses = [float(loss) for loss in history.history["loss"]]

@@ -45,8 +45,11 @@ import numpy as np
 import tensorflow as tf
 
 from tfbn import data, models, steps
-from tfbn.config import check_fields
-from tfbn.experiments.common import call_in_training_mode, dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_divides, check_positive_integers, check_verbose, option)
+from tfbn.experiments.common import (
+    batch_size_field, call_in_training_mode, dataset_arrays, dataset_field, fit_in_records,
+    outdir_field, RecordEveryEpoch, save_results, seed_field, verbose_field)
 from tfbn.layer import BatchNorm
 
 TITLE = "moving averages at inference: population stats, batch of one, debiasing, momentum"
@@ -70,47 +73,34 @@ VARIANTS = (
 )
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
-
-
 @dataclasses.dataclass
 class Config:
-    steps: int = dataclasses.field(default=1000, metadata=_option("training steps per run"))
+    steps: int = dataclasses.field(default=1000, metadata=option("training steps per run"))
     record_every: int = dataclasses.field(
-        default=25, metadata=_option("steps between two records; must divide steps"))
-    batch_size: int = dataclasses.field(default=100, metadata=_option("training batch size"))
+        default=25, metadata=option("steps between two records; must divide steps"))
+    batch_size: int = batch_size_field(100)
     layer: int = dataclasses.field(
-        default=4, metadata=_option("which BN layer (1-4, input side first) panel (a) follows"))
+        default=4, metadata=option("which BN layer (1-4, input side first) panel (a) follows"))
     unit: int = dataclasses.field(
-        default=0, metadata=_option("which feature of that layer panel (a) draws"))
+        default=0, metadata=option("which feature of that layer panel (a) draws"))
     population_size: int = dataclasses.field(
-        default=10_000, metadata=_option("training images the population statistics are "
-                                         "computed on"))
-    dataset: str = dataclasses.field(default="mnist", metadata=_option("dataset", data.DATASETS))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/moving_averages",
-        metadata=_option("where figure.png and metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=0, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per record"))
+        default=10_000, metadata=option("training images the population statistics are "
+                                        "computed on"))
+    dataset: str = dataset_field()
+    seed: int = seed_field()
+    outdir: str = outdir_field("moving_averages")
+    verbose: int = verbose_field(0, "record")
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("steps", "record_every", "batch_size", "population_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.steps % self.record_every:
-            raise ValueError(f"record_every must divide steps ({self.steps}), "
-                             f"got {self.record_every!r}")
+        check_positive_integers(self, "steps", "record_every", "batch_size", "population_size")
+        check_divides(self, "record_every", "steps")
         if not 1 <= self.layer <= len(steps.FIVE_LAYERS):
             raise ValueError(f"layer must be in 1..{len(steps.FIVE_LAYERS)}, got {self.layer!r}")
         if not 0 <= self.unit < steps.FIVE_LAYERS[self.layer - 1]:
             raise ValueError(f"unit must be in 0..{steps.FIVE_LAYERS[self.layer - 1] - 1} for "
                              f"layer {self.layer}, got {self.unit!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_verbose(self)
 
 
 def build_model(momentum: float, debiased: bool) -> keras.Model:
@@ -153,7 +143,7 @@ def batch_statistics_accuracy(model: keras.Model, images, labels, batch_size: in
     return accuracy(np.concatenate(predictions), labels)
 
 
-class StatisticsRecorder(keras.callbacks.Callback):
+class StatisticsRecorder(RecordEveryEpoch):
     """At the start and after every epoch (here `record_every` steps): the moving and the
     population statistics of one BN layer, and the test accuracy with batch statistics."""
 
@@ -166,12 +156,6 @@ class StatisticsRecorder(keras.callbacks.Callback):
         self.records: dict[str, list] = {key: [] for key in (
             "steps", "moving_mean", "moving_variance", "population_mean",
             "population_variance", "batch_statistics_test_accuracy")}
-
-    def on_train_begin(self, logs=None):
-        self._record()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._record()
 
     def _record(self):
         bn = self.model.get_layer(f"dense{self.layer}_bn")
@@ -224,13 +208,10 @@ def run(config: Config | None = None, arrays=None) -> dict:
                       metrics=["accuracy"])
         recorder = StatisticsRecorder(config.layer, population_images, test_images,
                                       test_labels)
-        started = time.perf_counter()
-        history = model.fit(train_dataset.repeat(), steps_per_epoch=config.record_every,
-                            epochs=config.steps // config.record_every,
-                            validation_data=(test_images, test_labels),
-                            validation_batch_size=EVALUATION_BATCH_SIZE,
-                            callbacks=[recorder], shuffle=False, verbose=config.verbose)
-        seconds = time.perf_counter() - started
+        history, seconds = fit_in_records(
+            model, train_dataset, config, callbacks=[recorder],
+            validation_data=(test_images, test_labels),
+            validation_batch_size=EVALUATION_BATCH_SIZE)
         records = recorder.records
         mean_error, variance_error = statistics_errors(records)
         moving_accuracy = [float(a) for a in history.history["val_accuracy"]]

@@ -27,14 +27,17 @@ paper's length, five times as long:
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import keras
 import numpy as np
 
 from tfbn import data, models
-from tfbn.config import check_fields
-from tfbn.experiments.common import call_in_training_mode, dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_divides, check_positive, check_positive_integers, check_verbose,
+    option)
+from tfbn.experiments.common import (
+    batch_size_field, bn_field, call_in_training_mode, dataset_arrays, dataset_field,
+    fit_in_records, outdir_field, RecordEveryEpoch, save_results, seed_field, verbose_field)
 
 TITLE = "the BN paper's Figure 1: 3x100 sigmoid net, accuracy and one sigmoid's input"
 
@@ -44,50 +47,34 @@ LAST_HIDDEN_ACTIVATION = f"dense{len(HIDDEN_UNITS)}_sigmoid"
 EVALUATION_BATCH_SIZE = 1000
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
-
-
 @dataclasses.dataclass
 class Config:
     steps: int = dataclasses.field(
-        default=10_000, metadata=_option("training steps per network (the paper: 50000)"))
+        default=10_000, metadata=option("training steps per network (the paper: 50000)"))
     record_every: int = dataclasses.field(
-        default=250, metadata=_option("steps between two records of the test accuracy and "
-                                      "the percentiles; must divide steps"))
-    batch_size: int = dataclasses.field(default=60, metadata=_option("training batch size"))
+        default=250, metadata=option("steps between two records of the test accuracy and "
+                                     "the percentiles; must divide steps"))
+    batch_size: int = batch_size_field(60)
     learning_rate: float = dataclasses.field(
-        default=0.1, metadata=_option("SGD learning rate, the same for both networks"))
+        default=0.1, metadata=option("SGD learning rate, the same for both networks"))
     unit: int = dataclasses.field(
-        default=0, metadata=_option("which sigmoid of the last hidden layer to follow (0-99)"))
+        default=0, metadata=option("which sigmoid of the last hidden layer to follow (0-99)"))
     probe_size: int = dataclasses.field(
-        default=1000, metadata=_option("training images the sigmoid's input is measured on"))
-    bn: str = dataclasses.field(
-        default="custom", metadata=_option("BN layer: tfbn.BatchNorm (custom) or keras's",
-                                           ("custom", "keras")))
-    dataset: str = dataclasses.field(default="mnist", metadata=_option("dataset", data.DATASETS))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/paper_figure",
-        metadata=_option("where figure.png and metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=0, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per record"))
+        default=1000, metadata=option("training images the sigmoid's input is measured on"))
+    bn: str = bn_field()
+    dataset: str = dataset_field()
+    seed: int = seed_field()
+    outdir: str = outdir_field("paper_figure")
+    verbose: int = verbose_field(0, "record")
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("steps", "record_every", "batch_size", "probe_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.steps % self.record_every:
-            raise ValueError(f"record_every must divide steps ({self.steps}), "
-                             f"got {self.record_every!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        check_positive_integers(self, "steps", "record_every", "batch_size", "probe_size")
+        check_divides(self, "record_every", "steps")
+        check_positive(self, "learning_rate")
         if not 0 <= self.unit < HIDDEN_UNITS[-1]:
             raise ValueError(f"unit must be in 0..{HIDDEN_UNITS[-1] - 1}, got {self.unit!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_verbose(self)
 
 
 def build_model(bn: str) -> keras.Model:
@@ -103,7 +90,7 @@ def sigmoid_inputs(model: keras.Model, images, activation_name: str = LAST_HIDDE
     return keras.ops.convert_to_numpy(call_in_training_mode(probe, images))
 
 
-class SigmoidInputPercentiles(keras.callbacks.Callback):
+class SigmoidInputPercentiles(RecordEveryEpoch):
     """Records the percentiles of one sigmoid's input at the start and after every epoch
     (here an epoch is `record_every` steps)."""
 
@@ -113,12 +100,6 @@ class SigmoidInputPercentiles(keras.callbacks.Callback):
         self.unit = unit
         self.steps: list[int] = []
         self.percentiles: list[list[float]] = []
-
-    def on_train_begin(self, logs=None):
-        self._record()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._record()
 
     def _record(self):
         values = sigmoid_inputs(self.model, self.images)[:, self.unit]
@@ -146,13 +127,9 @@ def run(config: Config | None = None, arrays=None) -> dict:
         model.compile(optimizer=keras.optimizers.SGD(config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         recorder = SigmoidInputPercentiles(probe_images, config.unit)
-        started = time.perf_counter()
-        history = model.fit(train_dataset.repeat(), steps_per_epoch=config.record_every,
-                            epochs=config.steps // config.record_every,
-                            validation_data=(test_images, y_test),
-                            validation_batch_size=EVALUATION_BATCH_SIZE,
-                            callbacks=[recorder], shuffle=False, verbose=config.verbose)
-        seconds = time.perf_counter() - started
+        history, seconds = fit_in_records(
+            model, train_dataset, config, callbacks=[recorder],
+            validation_data=(test_images, y_test), validation_batch_size=EVALUATION_BATCH_SIZE)
         accuracies = [float(a) for a in history.history["val_accuracy"]]
         percentiles = np.array(recorder.percentiles)
         name = "without_bn" if bn == "none" else "with_bn"

@@ -24,15 +24,19 @@ record every 100 steps. The codelab's 10,000 steps:
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from tfbn import data, steps
-from tfbn.config import check_fields
-from tfbn.experiments.common import call_in_training_mode, dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_divides, check_positive, check_positive_integers, check_verbose,
+    option)
+from tfbn.experiments.common import (
+    batch_size_field, bn_field, call_in_training_mode, dataset_arrays, dataset_field,
+    fit_in_records, make_optimizer, outdir_field, RecordEveryEpoch, save_results, seed_field,
+    verbose_field)
 
 TITLE = "vanishing gradients: per-layer gradient norms of the 5-layer sigmoid net, +/- BN"
 
@@ -40,49 +44,33 @@ ARCHITECTURES = {"none": "2.0", "bn": "4.0"}
 EVALUATION_BATCH_SIZE = 1000
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
-
-
 @dataclasses.dataclass
 class Config:
-    steps: int = dataclasses.field(default=3000, metadata=_option("training steps per network"))
+    steps: int = dataclasses.field(default=3000, metadata=option("training steps per network"))
     record_every: int = dataclasses.field(
-        default=100, metadata=_option("steps between two gradient measurements; must divide "
-                                      "steps"))
-    batch_size: int = dataclasses.field(default=100, metadata=_option("training batch size"))
+        default=100, metadata=option("steps between two gradient measurements; must divide "
+                                     "steps"))
+    batch_size: int = batch_size_field(100)
     optimizer: str = dataclasses.field(
-        default="sgd", metadata=_option("optimizer for both networks: plain SGD steps in "
-                                        "proportion to the gradient, Adam rescales it",
-                                        ("sgd", "adam")))
+        default="sgd", metadata=option("optimizer for both networks: plain SGD steps in "
+                                       "proportion to the gradient, Adam rescales it",
+                                       ("sgd", "adam")))
     learning_rate: float = dataclasses.field(
-        default=0.1, metadata=_option("learning rate for both networks"))
+        default=0.1, metadata=option("learning rate for both networks"))
     probe_size: int = dataclasses.field(
-        default=1000, metadata=_option("training images the gradients are measured on"))
-    bn: str = dataclasses.field(
-        default="custom", metadata=_option("BN layer: tfbn.BatchNorm (custom) or keras's",
-                                           ("custom", "keras")))
-    dataset: str = dataclasses.field(default="mnist", metadata=_option("dataset", data.DATASETS))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/vanishing_gradients",
-        metadata=_option("where figure.png and metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=0, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per record"))
+        default=1000, metadata=option("training images the gradients are measured on"))
+    bn: str = bn_field()
+    dataset: str = dataset_field()
+    seed: int = seed_field()
+    outdir: str = outdir_field("vanishing_gradients")
+    verbose: int = verbose_field(0, "record")
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("steps", "record_every", "batch_size", "probe_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.steps % self.record_every:
-            raise ValueError(f"record_every must divide steps ({self.steps}), "
-                             f"got {self.record_every!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_positive_integers(self, "steps", "record_every", "batch_size", "probe_size")
+        check_divides(self, "record_every", "steps")
+        check_positive(self, "learning_rate")
+        check_verbose(self)
 
 
 def weight_matrices(model: keras.Model) -> dict[str, keras.Variable]:
@@ -102,7 +90,7 @@ def gradient_norms(model: keras.Model, images, labels) -> dict[str, float]:
     return {name: float(tf.norm(gradient)) for name, gradient in zip(matrices, gradients)}
 
 
-class GradientNormRecorder(keras.callbacks.Callback):
+class GradientNormRecorder(RecordEveryEpoch):
     """Per-layer gradient norms on a fixed sample, at the start and after every epoch
     (here an epoch is `record_every` steps)."""
 
@@ -113,21 +101,9 @@ class GradientNormRecorder(keras.callbacks.Callback):
         self.steps: list[int] = []
         self.norms: list[dict[str, float]] = []
 
-    def on_train_begin(self, logs=None):
-        self._record()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self._record()
-
     def _record(self):
         self.steps.append(int(self.model.optimizer.iterations.numpy()))
         self.norms.append(gradient_norms(self.model, self.images, self.labels))
-
-
-def _make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
-    if name == "sgd":
-        return keras.optimizers.SGD(learning_rate)
-    return keras.optimizers.Adam(learning_rate)
 
 
 def run(config: Config | None = None, arrays=None) -> dict:
@@ -148,16 +124,12 @@ def run(config: Config | None = None, arrays=None) -> dict:
         train_dataset, _ = data.mnist_datasets(config.batch_size, flat=True,
                                                seed=config.seed, arrays=arrays)
         model = steps.get(step_name).build_model("none" if name == "none" else config.bn)
-        model.compile(optimizer=_make_optimizer(config.optimizer, config.learning_rate),
+        model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         recorder = GradientNormRecorder(probe_images, probe_labels)
-        started = time.perf_counter()
-        history = model.fit(train_dataset.repeat(), steps_per_epoch=config.record_every,
-                            epochs=config.steps // config.record_every,
-                            validation_data=(test_images, y_test),
-                            validation_batch_size=EVALUATION_BATCH_SIZE,
-                            callbacks=[recorder], shuffle=False, verbose=config.verbose)
-        seconds = time.perf_counter() - started
+        history, seconds = fit_in_records(
+            model, train_dataset, config, callbacks=[recorder],
+            validation_data=(test_images, y_test), validation_batch_size=EVALUATION_BATCH_SIZE)
         layers = list(recorder.norms[0])
         norms = np.array([[record[layer] for layer in layers] for record in recorder.norms])
         first_to_last = norms[:, 0] / norms[:, -1]

@@ -40,8 +40,13 @@ import keras
 import numpy as np
 
 from tfbn import data, models, steps
-from tfbn.config import check_fields
-from tfbn.experiments.common import dataset_arrays, save_results
+from tfbn.config import (
+    check_fields, check_fraction, check_positive, check_positive_integers, check_verbose,
+    option)
+from tfbn.experiments.common import (
+    batch_size_field, bn_field, bn_momentum_field, dataset_arrays, dataset_field,
+    evaluation_size_field, outdir_field, save_results, seed_field, training_subset,
+    verbose_field)
 
 TITLE = "L2 weight decay with batch norm: the usual strength vs one fifth of it"
 
@@ -49,64 +54,41 @@ EVALUATION_BATCH_SIZE = 500
 MOMENTUM = 0.9
 
 
-def _option(help_text: str, choices: tuple[str, ...] | None = None) -> dict:
-    return {"help": help_text, "choices": choices}
-
-
 @dataclasses.dataclass
 class Config:
-    epochs: int = dataclasses.field(default=5, metadata=_option("epochs per strength"))
+    epochs: int = dataclasses.field(default=5, metadata=option("epochs per strength"))
     train_size: int = dataclasses.field(
-        default=10000, metadata=_option("training images used (60000: all of them)"))
-    batch_size: int = dataclasses.field(default=100, metadata=_option("training batch size"))
+        default=10000, metadata=option("training images used (60000: all of them)"))
+    batch_size: int = batch_size_field(100)
     weight_decay: float = dataclasses.field(
-        default=5e-4, metadata=_option("the usual L2 strength: the coefficient of w in the "
-                                       "gradient (loss term weight_decay / 2 * |w|^2)"))
+        default=5e-4, metadata=option("the usual L2 strength: the coefficient of w in the "
+                                      "gradient (loss term weight_decay / 2 * |w|^2)"))
     reduction: float = dataclasses.field(
-        default=5.0, metadata=_option("the reduced strength is weight_decay / reduction"))
+        default=5.0, metadata=option("the reduced strength is weight_decay / reduction"))
     include_zero: bool = dataclasses.field(
-        default=True, metadata=_option("also train without L2, as the reference"))
+        default=True, metadata=option("also train without L2, as the reference"))
     learning_rate: float = dataclasses.field(
-        default=0.05, metadata=_option("SGD (momentum 0.9) learning rate at the start; "
-                                       "it decays along a cosine to 0"))
+        default=0.05, metadata=option("SGD (momentum 0.9) learning rate at the start; "
+                                      "it decays along a cosine to 0"))
     dropout_rate: float = dataclasses.field(
-        default=0.0, metadata=_option("dropout after the dense layer (step 4.2 uses 0.25)"))
-    bn: str = dataclasses.field(
-        default="custom", metadata=_option("BN layer: tfbn.BatchNorm (custom) or keras's",
-                                           ("custom", "keras")))
-    bn_momentum: float = dataclasses.field(
-        default=0.9, metadata=_option("momentum of BN's moving averages (0.9 for short runs: "
-                                      "see the module docstring; the codelab's is 0.99)"))
-    evaluation_size: int = dataclasses.field(
-        default=2000, metadata=_option("test images evaluated after each epoch for the "
-                                       "curves; the final numbers use the whole test set"))
-    dataset: str = dataclasses.field(
-        default="mnist", metadata=_option("dataset", data.DATASETS))
-    seed: int = dataclasses.field(default=0, metadata=_option("random seed"))
-    outdir: str = dataclasses.field(
-        default="runs/experiments/weight_decay",
-        metadata=_option("where figure.png and metrics.json go"))
-    verbose: int = dataclasses.field(
-        default=2, metadata=_option("Keras verbosity: 0 silent, 1 progress bar, 2 one line "
-                                    "per epoch"))
+        default=0.0, metadata=option("dropout after the dense layer (step 4.2 uses 0.25)"))
+    bn: str = bn_field()
+    bn_momentum: float = bn_momentum_field()
+    evaluation_size: int = evaluation_size_field()
+    dataset: str = dataset_field()
+    seed: int = seed_field()
+    outdir: str = outdir_field("weight_decay")
+    verbose: int = verbose_field(2, "epoch")
 
     def __post_init__(self):
         check_fields(self)
-        for name in ("epochs", "train_size", "batch_size", "evaluation_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.weight_decay > 0:
-            raise ValueError(f"weight_decay must be positive, got {self.weight_decay!r}")
+        check_positive_integers(self, "epochs", "train_size", "batch_size", "evaluation_size")
+        check_positive(self, "weight_decay")
         if not self.reduction > 1:
             raise ValueError(f"reduction must be greater than 1, got {self.reduction!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
-        if not 0 <= self.dropout_rate < 1:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
-        if not 0 <= self.bn_momentum < 1:
-            raise ValueError(f"bn_momentum must be in [0, 1), got {self.bn_momentum!r}")
-        if self.verbose not in (0, 1, 2):
-            raise ValueError(f"verbose must be 0, 1 or 2, got {self.verbose!r}")
+        check_positive(self, "learning_rate")
+        check_fraction(self, "dropout_rate", "bn_momentum")
+        check_verbose(self)
 
     def strengths(self) -> list[float]:
         """The L2 strengths to train: usual, reduced, and 0 when `include_zero`."""
@@ -154,7 +136,7 @@ class KernelNormHistory(keras.callbacks.Callback):
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
     (x_train, y_train), (x_test, y_test) = dataset_arrays(arrays, config.dataset)
-    x_train, y_train = _training_subset(x_train, y_train, config.train_size, config.seed)
+    x_train, y_train = training_subset(x_train, y_train, config.train_size, config.seed)
     train_images = data.normalize_images(x_train)
     test_images = data.normalize_images(x_test)
     evaluation = slice(0, min(config.evaluation_size, len(x_test)))
@@ -214,17 +196,6 @@ def run(config: Config | None = None, arrays=None) -> dict:
     save_results(config.outdir, metrics,
                  _figure(results, config, len(x_train), evaluation.stop), config)
     return metrics
-
-
-def _training_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int):
-    """`size` examples drawn without replacement (all of them, in order, when size is all)."""
-    if size > len(images):
-        raise ValueError(f"train_size must be at most the {len(images)} training images, "
-                         f"got {size!r}")
-    if size == len(images):
-        return images, labels
-    chosen = np.sort(np.random.default_rng(seed).choice(len(images), size, replace=False))
-    return images[chosen], labels[chosen]
 
 
 def _label(strength: float, config: Config) -> str:
