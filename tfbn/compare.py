@@ -60,7 +60,7 @@ def load_runs(run_dirs, allow_mixed_steps=False):
     if len(step_names) > 1 and not allow_mixed_steps:
         listing = ", ".join(f"{run.directory} is step {run.metrics['step']}" for run in runs)
         raise ValueError(f"runs of different steps cannot be compared ({listing}); "
-                         f"pass allow_mixed_steps=True to overlay them anyway")
+                         "to overlay them anyway, pass --allow-mixed-steps (allow_mixed_steps=True)")
     return runs
 
 
