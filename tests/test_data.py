@@ -342,6 +342,7 @@ def test_probe_answers_at_once_when_refused(monkeypatch):
 def test_probe_gives_up_on_a_hanging_lookup(monkeypatch):
     def hang(*args, **kwargs):
         time.sleep(5)
+        raise OSError("the lookup timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
     started = time.monotonic()
