@@ -79,6 +79,38 @@ def training_subset(images: np.ndarray, labels: np.ndarray, size: int, seed: int
     return images[chosen], labels[chosen]
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingSubset:
+    """A training subset, the whole test set, both normalized, and the test images that the
+    per-epoch validation samples (`evaluation`)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    train_images: np.ndarray
+    test_images: np.ndarray
+    evaluation: slice
+
+    def train_dataset(self, batch_size: int, seed: int):
+        """A fresh, equally seeded pipeline: one shared pipeline would show each network the
+        next epochs' orders, not the same ones."""
+        train_dataset, _ = data.mnist_datasets(
+            batch_size, seed=seed,
+            arrays=((self.x_train, self.y_train), (self.x_test, self.y_test)))
+        return train_dataset
+
+
+def prepare_training_subset(config, arrays=None) -> TrainingSubset:
+    """The dataset (or `arrays`), `config.train_size` training images drawn with
+    `config.seed`, and the first `config.evaluation_size` test images for validation."""
+    (x_train, y_train), (x_test, y_test) = dataset_arrays(arrays, config.dataset)
+    x_train, y_train = training_subset(x_train, y_train, config.train_size, config.seed)
+    return TrainingSubset(x_train, y_train, x_test, y_test, data.normalize_images(x_train),
+                          data.normalize_images(x_test),
+                          slice(0, min(config.evaluation_size, len(x_test))))
+
+
 def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     """Plain SGD for "sgd", Adam for "adam"."""
     if name == "sgd":

@@ -48,12 +48,12 @@ import time
 import keras
 import numpy as np
 
-from tfbn import data, models, steps
+from tfbn import models, steps
 from tfbn.config import (
     check_fields, check_fraction, check_positive_integers, check_verbose, option)
 from tfbn.experiments.common import (
-    batch_size_field, bn_field, bn_momentum_field, dataset_arrays, dataset_field,
-    evaluation_size_field, outdir_field, save_results, seed_field, training_subset,
+    batch_size_field, bn_field, bn_momentum_field, dataset_field,
+    evaluation_size_field, outdir_field, prepare_training_subset, save_results, seed_field,
     verbose_field)
 from tfbn.schedules import DecayToFloor
 
@@ -155,11 +155,10 @@ def build_model(variant: Variant, *, bn: str = "custom", dropout_rate: float = 0
 
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
-    (x_train, y_train), (x_test, y_test) = dataset_arrays(arrays, config.dataset)
-    x_train, y_train = training_subset(x_train, y_train, config.train_size, config.seed)
-    train_images = data.normalize_images(x_train)
-    test_images = data.normalize_images(x_test)
-    evaluation = slice(0, min(config.evaluation_size, len(x_test)))
+    subset = prepare_training_subset(config, arrays)
+    x_train, y_train, y_test = subset.x_train, subset.y_train, subset.y_test
+    train_images, test_images, evaluation = (subset.train_images, subset.test_images,
+                                             subset.evaluation)
     schedule = compressed_schedule(config.epochs * math.ceil(len(x_train) / config.batch_size))
     print(f"dropout experiment: {len(x_train)} training images, {config.epochs} epochs, "
           f"dropout rate {config.dropout_rate}, BN layer: {config.bn} (momentum "
@@ -169,10 +168,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
     results = {}
     for variant in config.chosen_variants():
         keras.utils.set_random_seed(config.seed)
-        # A fresh pipeline per variant: one shared pipeline would show each variant the
-        # next epochs' orders, not the same ones.
-        train_dataset, _ = data.mnist_datasets(config.batch_size, seed=config.seed,
-                                               arrays=((x_train, y_train), (x_test, y_test)))
+        train_dataset = subset.train_dataset(config.batch_size, config.seed)
         model = build_model(variant, bn=config.bn, dropout_rate=config.dropout_rate,
                             momentum=config.bn_momentum)
         model.compile(optimizer=keras.optimizers.Adam(schedule),

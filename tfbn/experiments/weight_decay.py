@@ -39,13 +39,13 @@ import time
 import keras
 import numpy as np
 
-from tfbn import data, models, steps
+from tfbn import models, steps
 from tfbn.config import (
     check_fields, check_fraction, check_positive, check_positive_integers, check_verbose,
     option)
 from tfbn.experiments.common import (
-    batch_size_field, bn_field, bn_momentum_field, dataset_arrays, dataset_field,
-    evaluation_size_field, outdir_field, save_results, seed_field, training_subset,
+    batch_size_field, bn_field, bn_momentum_field, dataset_field,
+    evaluation_size_field, outdir_field, prepare_training_subset, save_results, seed_field,
     verbose_field)
 
 TITLE = "L2 weight decay with batch norm: the usual strength vs one fifth of it"
@@ -135,11 +135,10 @@ class KernelNormHistory(keras.callbacks.Callback):
 
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
-    (x_train, y_train), (x_test, y_test) = dataset_arrays(arrays, config.dataset)
-    x_train, y_train = training_subset(x_train, y_train, config.train_size, config.seed)
-    train_images = data.normalize_images(x_train)
-    test_images = data.normalize_images(x_test)
-    evaluation = slice(0, min(config.evaluation_size, len(x_test)))
+    subset = prepare_training_subset(config, arrays)
+    x_train, y_train, y_test = subset.x_train, subset.y_train, subset.y_test
+    train_images, test_images, evaluation = (subset.train_images, subset.test_images,
+                                             subset.evaluation)
     total_steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
     print(f"weight decay experiment: {len(x_train)} training images, {config.epochs} epochs "
           f"({total_steps} steps), strengths {config.strengths()}, BN layer: {config.bn}")
@@ -153,10 +152,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
         # data order below.
         keras.utils.set_random_seed(config.seed)
         model = with_kernel_l2(network, strength)
-        # A fresh pipeline per strength: one shared pipeline would show each strength the
-        # next epochs' orders, not the same ones.
-        train_dataset, _ = data.mnist_datasets(config.batch_size, seed=config.seed,
-                                               arrays=((x_train, y_train), (x_test, y_test)))
+        train_dataset = subset.train_dataset(config.batch_size, config.seed)
         schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
         # Keras's loss includes the L2 term; the cross-entropy alone is tracked apart.
         model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=MOMENTUM),
