@@ -96,11 +96,16 @@ def train(step_name: str, config: RunConfig | None = None, arrays=None) -> dict:
                   steps_per_epoch=config.steps_per_epoch, callbacks=callbacks,
                   shuffle=False,  # the dataset reshuffles itself every epoch
                   verbose=config.verbose)
-        test_loss, test_accuracy = model.evaluate(test_dataset, verbose=0)
+        epoch_logs = model.history.history
+        if epoch_logs.get("val_loss"):
+            # The last epoch's validation already evaluated these weights on the test set.
+            test_loss = float(np.squeeze(epoch_logs["val_loss"][-1]))
+            test_accuracy = float(np.squeeze(epoch_logs["val_accuracy"][-1]))
+        else:  # resumed after the last epoch had finished: nothing left to train
+            test_loss, test_accuracy = model.evaluate(test_dataset, verbose=0)
 
     history = read_history(logdir / "history.csv") if logdir is not None else None
-    val_accuracies = (history["val_accuracy"] if history
-                      else model.history.history.get("val_accuracy", []))
+    val_accuracies = history["val_accuracy"] if history else epoch_logs.get("val_accuracy", [])
     metrics = {
         "step": step.name,
         "test_accuracy": float(test_accuracy),
