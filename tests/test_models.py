@@ -1,7 +1,7 @@
 import keras
 import pytest
 
-from tfbn import BatchNorm, steps
+from tfbn import BatchNorm, models, steps
 from tfbn.training import resolve_bn
 
 
@@ -57,3 +57,9 @@ def test_bn_choice_defaults_by_step_and_is_checked():
 def test_unknown_step_lists_the_known_ones():
     with pytest.raises(ValueError, match=r"unknown step '9.9'; known steps: 1.0, 2.0"):
         steps.get("9.9")
+
+
+def test_dropout_before_bn_needs_a_bn_layer():
+    with pytest.raises(ValueError, match="dropout_before_bn needs a BN layer"):
+        models.conv_network(steps.CONV_4_2, bn="none", dropout_rate=0.25,
+                            dropout_before_bn=True)

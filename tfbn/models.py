@@ -34,12 +34,16 @@ def _check_bn(bn: str) -> None:
 
 
 def _weighted_sum_block(x, layer_factory, *, activation: str, bn: str, bn_scale: bool,
-                        name: str, momentum: float):
-    """layer -> [BN] -> activation; the layer keeps its bias only when there is no BN."""
+                        name: str, momentum: float, dropout_before_bn: float = 0.0):
+    """layer -> [dropout] -> [BN] -> activation; the layer keeps its bias only when there is
+    no BN. Dropout goes here only when it must come before BN; after the activation is the
+    callers' business."""
     if bn == "none":
         x = layer_factory(use_bias=True, name=name)(x)
     else:
         x = layer_factory(use_bias=False, name=name)(x)
+        if dropout_before_bn:
+            x = keras.layers.Dropout(dropout_before_bn, name=f"{name}_dropout")(x)
         x = normalization(bn, scale=bn_scale, name=f"{name}_bn", momentum=momentum)(x)
     return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
 
@@ -73,11 +77,14 @@ def dense_network(units: Sequence[int] = (200, 100, 60, 30), *, activation: str 
 
 
 def conv_network(convolutions: Sequence[tuple[int, int, int]], dense_units: int = 200, *,
-                 bn: str = "none", dropout_rate: float = 0.0, momentum: float = 0.99,
-                 name: str = "conv_network") -> keras.Model:
+                 bn: str = "none", dropout_rate: float = 0.0, dropout_before_bn: bool = False,
+                 momentum: float = 0.99, name: str = "conv_network") -> keras.Model:
     """Steps 3.x and 4.2: (filters, kernel size, stride) convolutions with ReLU, "same"
-    padding, then a dense ReLU layer (dropout after it) and a 10-way softmax."""
+    padding, then a dense ReLU layer (dropout after it, or with `dropout_before_bn` between
+    the dense layer and its BN) and a 10-way softmax."""
     _check_bn(bn)
+    if dropout_before_bn and bn == "none":
+        raise ValueError("dropout_before_bn needs a BN layer; got bn='none'")
     inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
     x = inputs
     for index, (filters, kernel_size, strides) in enumerate(convolutions, start=1):
@@ -88,7 +95,8 @@ def conv_network(convolutions: Sequence[tuple[int, int, int]], dense_units: int 
     x = keras.layers.Flatten(name="flatten")(x)
     x = _weighted_sum_block(
         x, lambda **kw: keras.layers.Dense(dense_units, **kw), activation="relu", bn=bn,
-        bn_scale=False, name="dense", momentum=momentum)
-    if dropout_rate:
+        bn_scale=False, name="dense", momentum=momentum,
+        dropout_before_bn=dropout_rate if dropout_before_bn else 0.0)
+    if dropout_rate and not dropout_before_bn:
         x = keras.layers.Dropout(dropout_rate, name="dense_dropout")(x)
     return keras.Model(inputs, _classifier(x), name=name)

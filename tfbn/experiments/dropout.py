@@ -124,33 +124,12 @@ class Config:
 
 def build_model(variant: Variant, *, bn: str = "custom", dropout_rate: float = 0.25,
                 momentum: float = 0.99, name: str | None = None) -> keras.Model:
-    """Step 4.2's network with BN and dropout where `variant` puts them.
-
-    Without the before-BN placement this is exactly `models.conv_network(CONV_4_2, ...)`;
-    it is rebuilt here because that builder only places dropout after the activation.
-    """
-    inputs = keras.Input(shape=models.IMAGE_SHAPE, name="image")
-    x = inputs
-    for index, (filters, kernel_size, strides) in enumerate(steps.CONV_4_2, start=1):
-        layer_name = f"conv{index}"
-        x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
-                                use_bias=not variant.uses_bn, name=layer_name)(x)
-        if variant.uses_bn:
-            x = models.normalization(bn, scale=False, name=f"{layer_name}_bn",
-                                     momentum=momentum)(x)
-        x = keras.layers.Activation("relu", name=f"{layer_name}_relu")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(DENSE_UNITS, use_bias=not variant.uses_bn, name="dense")(x)
-    if variant.dropout == "before_bn":
-        x = keras.layers.Dropout(dropout_rate, name="dense_dropout")(x)
-    if variant.uses_bn:
-        x = models.normalization(bn, scale=False, name="dense_bn", momentum=momentum)(x)
-    x = keras.layers.Activation("relu", name="dense_relu")(x)
-    if variant.dropout == "after_activation":
-        x = keras.layers.Dropout(dropout_rate, name="dense_dropout")(x)
-    logits = keras.layers.Dense(models.NUM_CLASSES, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="softmax")(logits)
-    return keras.Model(inputs, outputs, name=name or variant.name)
+    """Step 4.2's network with BN and dropout where `variant` puts them."""
+    return models.conv_network(
+        steps.CONV_4_2, DENSE_UNITS, bn=bn if variant.uses_bn else "none",
+        dropout_rate=dropout_rate if variant.dropout else 0.0,
+        dropout_before_bn=variant.dropout == "before_bn", momentum=momentum,
+        name=name or variant.name)
 
 
 def run(config: Config | None = None, arrays=None) -> dict:
