@@ -63,3 +63,10 @@ def test_dropout_before_bn_needs_a_bn_layer():
     with pytest.raises(ValueError, match="dropout_before_bn needs a BN layer"):
         models.conv_network(steps.CONV_4_2, bn="none", dropout_rate=0.25,
                             dropout_before_bn=True)
+
+
+def test_debiased_moving_averages_are_passed_to_the_custom_layer_only():
+    model = models.dense_network((8, 4), activation="sigmoid", bn="custom", debiased=True)
+    assert all(layer.debiased for layer in bn_layers(model))
+    with pytest.raises(ValueError, match="debiased moving averages need bn='custom'"):
+        models.dense_network((8, 4), bn="keras", debiased=True)

@@ -19,10 +19,14 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
 
 
-def normalization(bn: str, *, scale: bool, name: str, momentum: float = 0.99):
-    """The BN layer named by `bn` ("custom" -> tfbn.BatchNorm, "keras" -> built-in)."""
+def normalization(bn: str, *, scale: bool, name: str, momentum: float = 0.99,
+                  debiased: bool = False):
+    """The BN layer named by `bn` ("custom" -> tfbn.BatchNorm, "keras" -> built-in);
+    `debiased` (the codelab's moving average) exists only in the custom layer."""
     if bn == "custom":
-        return BatchNorm(scale=scale, momentum=momentum, name=name)
+        return BatchNorm(scale=scale, momentum=momentum, debiased=debiased, name=name)
+    if debiased:
+        raise ValueError(f"debiased moving averages need bn='custom', got bn={bn!r}")
     if bn == "keras":
         return keras.layers.BatchNormalization(scale=scale, momentum=momentum, name=name)
     raise ValueError(f"bn must be 'custom' or 'keras' here, got {bn!r}")
@@ -34,7 +38,8 @@ def _check_bn(bn: str) -> None:
 
 
 def _weighted_sum_block(x, layer_factory, *, activation: str, bn: str, bn_scale: bool,
-                        name: str, momentum: float, dropout_before_bn: float = 0.0):
+                        name: str, momentum: float, dropout_before_bn: float = 0.0,
+                        debiased: bool = False):
     """layer -> [dropout] -> [BN] -> activation; the layer keeps its bias only when there is
     no BN. Dropout goes here only when it must come before BN; after the activation is the
     callers' business."""
@@ -44,7 +49,8 @@ def _weighted_sum_block(x, layer_factory, *, activation: str, bn: str, bn_scale:
         x = layer_factory(use_bias=False, name=name)(x)
         if dropout_before_bn:
             x = keras.layers.Dropout(dropout_before_bn, name=f"{name}_dropout")(x)
-        x = normalization(bn, scale=bn_scale, name=f"{name}_bn", momentum=momentum)(x)
+        x = normalization(bn, scale=bn_scale, name=f"{name}_bn", momentum=momentum,
+                          debiased=debiased)(x)
     return keras.layers.Activation(activation, name=f"{name}_{activation}")(x)
 
 
@@ -62,7 +68,8 @@ def softmax_regression(name: str = "softmax_regression") -> keras.Model:
 
 def dense_network(units: Sequence[int] = (200, 100, 60, 30), *, activation: str = "sigmoid",
                   bn: str = "none", bn_scale: bool = True, dropout_rate: float = 0.0,
-                  momentum: float = 0.99, name: str = "dense_network") -> keras.Model:
+                  momentum: float = 0.99, debiased: bool = False,
+                  name: str = "dense_network") -> keras.Model:
     """Steps 2.x and 4.0/4.1: fully connected hidden layers, then a 10-way softmax."""
     _check_bn(bn)
     inputs = keras.Input(shape=(784,), name="pixels")
@@ -70,7 +77,7 @@ def dense_network(units: Sequence[int] = (200, 100, 60, 30), *, activation: str 
     for index, width in enumerate(units, start=1):
         x = _weighted_sum_block(
             x, lambda **kw: keras.layers.Dense(width, **kw), activation=activation, bn=bn,
-            bn_scale=bn_scale, name=f"dense{index}", momentum=momentum)
+            bn_scale=bn_scale, name=f"dense{index}", momentum=momentum, debiased=debiased)
         if dropout_rate:
             x = keras.layers.Dropout(dropout_rate, name=f"dense{index}_dropout")(x)
     return keras.Model(inputs, _classifier(x), name=name)

@@ -50,7 +50,6 @@ from tfbn.config import (
 from tfbn.experiments.common import (
     batch_size_field, call_in_training_mode, dataset_arrays, dataset_field, fit_in_records,
     outdir_field, RecordEveryEpoch, save_results, seed_field, verbose_field)
-from tfbn.layer import BatchNorm
 
 TITLE = "moving averages at inference: population stats, batch of one, debiasing, momentum"
 
@@ -104,20 +103,11 @@ class Config:
 
 
 def build_model(momentum: float, debiased: bool) -> keras.Model:
-    """Step 4.0's network with tfbn.BatchNorm(momentum, debiased) before each sigmoid.
-
-    `models.dense_network` builds the same network but has no `debiased` argument.
-    """
-    inputs = keras.Input(shape=(784,), name="pixels")
-    x = inputs
-    for index, width in enumerate(steps.FIVE_LAYERS, start=1):
-        x = keras.layers.Dense(width, use_bias=False, name=f"dense{index}")(x)
-        x = BatchNorm(momentum=momentum, debiased=debiased, name=f"dense{index}_bn")(x)
-        x = keras.layers.Activation("sigmoid", name=f"dense{index}_sigmoid")(x)
-    logits = keras.layers.Dense(models.NUM_CLASSES, name="logits")(x)
-    outputs = keras.layers.Activation("softmax", dtype="float32", name="softmax")(logits)
-    return keras.Model(inputs, outputs, name=f"step_4_0_momentum_{momentum:g}"
-                                             + ("_debiased" if debiased else ""))
+    """Step 4.0's network with tfbn.BatchNorm(momentum, debiased) before each sigmoid."""
+    return models.dense_network(
+        steps.FIVE_LAYERS, activation="sigmoid", bn="custom", bn_scale=True,
+        momentum=momentum, debiased=debiased,
+        name=f"step_4_0_momentum_{momentum:g}" + ("_debiased" if debiased else ""))
 
 
 def population_statistics(model: keras.Model, layer: int, images) -> tuple[np.ndarray, ...]:
