@@ -105,7 +105,6 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.command == "run":
         from tfbn import training
-        steps.get(arguments.step)
         training.train(arguments.step, run_config.from_arguments(arguments))
         return 0
     if arguments.command == "experiment":
