@@ -111,7 +111,7 @@ def with_tfbn_layers(model: keras.Model, implementation: str) -> keras.Model:
 
 def build_variants(step_name: str) -> dict[str, keras.Model]:
     """The step's model with each BN variant, all compiled, all with the same weights."""
-    step = steps.get(step_name)
+    step = steps.load(step_name)
     reference = step.build_model("keras")
     models = {"keras": reference}
     for implementation in IMPLEMENTATIONS:

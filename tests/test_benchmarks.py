@@ -138,9 +138,9 @@ def test_analytic_flops_count_two_per_multiply_add():
 
 @pytest.mark.parametrize("step_name", list(bench.STEPS))
 def test_cloned_models_match_the_librarys_custom_model(step_name):
-    reference = steps.get(step_name).build_model("keras")
+    reference = steps.load(step_name).build_model("keras")
     cloned = bench.with_tfbn_layers(reference, "auto")
-    library = steps.get(step_name).build_model("custom")
+    library = steps.load(step_name).build_model("custom")
     assert ([(type(layer).__name__, layer.get_config()) for layer in cloned.layers]
             == [(type(layer).__name__, layer.get_config()) for layer in library.layers])
 

@@ -142,7 +142,7 @@ def test_gradient_norms_match_numpy_backpropagation(images):
 
 def test_gradient_norms_of_a_bn_network_leave_its_statistics_alone(images):
     keras.utils.set_random_seed(0)
-    model = steps.get("4.0").build_model("custom")
+    model = steps.load("4.0").build_model("custom")
     randomize_bn_state(model)
     before = non_trainable_values(model)
     norms = vanishing_gradients.gradient_norms(model, images, np.arange(len(images)) % 10)

@@ -77,7 +77,7 @@ def test_dropout_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
 def test_dropout_variants_without_the_new_placement_are_step_4_2s_network(name):
     variant = next(v for v in dropout.VARIANTS if v.name == name)
     ours = dropout.build_model(variant, bn="keras", dropout_rate=0.25)
-    reference = models.conv_network(steps.CONV_4_2, bn="keras" if variant.uses_bn else "none",
+    reference = models.conv_network(models.CONV_4_2, bn="keras" if variant.uses_bn else "none",
                                     dropout_rate=0.25 if variant.dropout else 0.0)
     assert [type(layer) for layer in ours.layers] == [type(layer) for layer in reference.layers]
     assert ours.count_params() == reference.count_params()
@@ -94,10 +94,10 @@ def test_dropout_before_bn_feeds_the_dropped_out_sums_to_bn():
 
 
 def test_dropout_schedule_is_step_3s_compressed_to_the_run():
-    assert dropout.compressed_schedule(10_000).decay_steps == steps.RELU_DECAY.decay_steps
+    assert dropout.compressed_schedule(10_000).decay_steps == steps.load("3.1").LEARNING_RATE.decay_steps
     schedule = dropout.compressed_schedule(300)
-    assert schedule.value_at(0) == pytest.approx(steps.RELU_DECAY.value_at(0))
-    assert schedule.value_at(300) == pytest.approx(steps.RELU_DECAY.value_at(10_000))
+    assert schedule.value_at(0) == pytest.approx(steps.load("3.1").LEARNING_RATE.value_at(0))
+    assert schedule.value_at(300) == pytest.approx(steps.load("3.1").LEARNING_RATE.value_at(10_000))
 
 
 @pytest.mark.parametrize("changes, field", [

@@ -28,7 +28,7 @@ def test_mixed_precision_is_bfloat16_on_a_cpu():
 def test_bn_of_the_4_2_model_keeps_float32_statistics_on_large_inputs(policy, tiny_mnist):
     compute_dtype = keras.DTypePolicy(policy).compute_dtype
     with devices.precision_policy(policy):
-        model = steps.get("4.2").build_model("custom")
+        model = steps.load("4.2").build_model("custom")
     bn_layers = [layer for layer in model.layers if isinstance(layer, BatchNorm)]
     assert len(bn_layers) == 4
     for layer in bn_layers:

@@ -1,7 +1,10 @@
 """The training loop and the tutorial scripts, on tiny synthetic MNIST-shaped data."""
 
-import importlib.util
+import difflib
 import json
+import zipfile
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +17,57 @@ TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 QUICK = RunConfig(epochs=1, steps_per_epoch=2, batch_size=16, verbose=0)
 
 
-def load_tutorial(script: str):
-    spec = importlib.util.spec_from_file_location(script, TUTORIALS / f"{script}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_step_has_its_tutorial_script():
     scripts = sorted(path.stem for path in TUTORIALS.glob("step_*.py"))
     assert scripts == sorted(step.script for step in steps.STEPS.values())
 
 
 @pytest.mark.parametrize("name", list(steps.STEPS))
+def test_tfbn_run_imports_the_file_a_learner_reads(name):
+    module = steps.load(name)
+    assert Path(module.__file__).resolve() == TUTORIALS / f"{steps.get(name).script}.py"
+    assert module.STEP == name and module.EPOCHS == 17
+
+
+def added_lines(old_script: str, new_script: str) -> list[str]:
+    old = (TUTORIALS / f"{old_script}.py").read_text().splitlines()
+    new = (TUTORIALS / f"{new_script}.py").read_text().splitlines()
+    return [line[1:].strip() for line in difflib.unified_diff(old, new, lineterm="", n=0)
+            if line.startswith("+") and not line.startswith("+++")]
+
+
+def test_the_diff_from_3_1_to_4_2_is_batch_norm():
+    added = added_lines(steps.get("3.1").script, steps.get("4.2").script)
+    code = [line for line in added if not line.startswith("#")]
+    assert sum("use_bias=False" in line for line in code) == 4
+    assert sum(line.startswith("x = BatchNorm(scale=False") for line in code) == 4
+    assert "BatchNorm = models.batch_norm_type(bn)" in " ".join(code)
+    assert "LEARNING_RATE = DecayToFloor(peak=0.02, floor=0.0001, decay_steps=1600)" in code
+    assert len(code) < 25, "only the BN idea, not a rewrite"
+
+
+def test_the_diff_from_4_0_to_4_1_is_relu_without_scale():
+    code = [line for line in added_lines(steps.get("4.0").script, steps.get("4.1").script)
+            if not line.startswith("#")]
+    assert code == ['STEP = "4.1"',
+                    'x = BatchNorm(scale=False, name=f"dense{index}_bn")(x)',
+                    'x = layers.Activation("relu", name=f"dense{index}_relu")(x)']
+
+
+def test_a_wheel_ships_the_lessons_as_tfbn_tutorials(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(TUTORIALS.parent)], check=True,
+                   capture_output=True)
+    wheel, = tmp_path.glob("tfbn-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for step in steps.STEPS.values():
+        assert f"tfbn/tutorials/{step.script}.py" in names
+    assert "tfbn/tutorials/bn_from_scratch.py" in names
+
+
+@pytest.mark.parametrize("name", list(steps.STEPS))
 def test_tutorial_smoke(name, tiny_mnist):
-    module = load_tutorial(steps.get(name).script)
-    assert module.STEP == name
+    module = steps.load(name)
     metrics = module.main(QUICK, datasets=tiny_mnist)
     assert metrics["steps"] == 2 and metrics["epochs"] == 1
     assert 0.0 <= metrics["test_accuracy"] <= 1.0 and np.isfinite(metrics["test_loss"])

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shlex
 import sys
 
 from tfbn import config as run_config
@@ -51,11 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_run_options(step_name: str, defaults: run_config.RunConfig,
+def parse_run_options(step_name: str, defaults: run_config.RunConfig | None = None,
                       argv: list[str] | None = None) -> run_config.RunConfig:
-    """The options of `tfbn run`, for a tutorial script run as `python tutorials/<script>.py`."""
+    """The options of `tfbn run`, for a tutorial script run as `python tutorials/<script>.py`.
+
+    In a notebook (Jupyter's kernel has its own command line) the options come from the
+    environment variable TFBN_OPTIONS instead, e.g. TFBN_OPTIONS="--epochs 1".
+    """
+    if argv is None and _in_notebook():
+        argv = shlex.split(os.environ.get("TFBN_OPTIONS", ""))
     return _parse_options(f"Codelab step {step_name}: {steps.get(step_name).title}.",
-                          defaults, argv)
+                          defaults if defaults is not None else run_config.RunConfig(), argv)
+
+
+def _in_notebook() -> bool:
+    return "ipykernel" in sys.modules
 
 
 def parse_experiment_options(name: str, defaults, argv: list[str] | None = None):
@@ -78,7 +90,7 @@ def list_steps() -> str:
     lines = ["codelab steps (tfbn run STEP):"]
     for step in steps.STEPS.values():
         lines.append(f"  {step.name}  {step.title}  "
-                     f"[{step.epochs} epochs; codelab: {step.codelab_accuracy:.1%}]")
+                     f"[{step.module().EPOCHS} epochs; codelab: {step.codelab_accuracy:.1%}]")
     lines.append("experiments (tfbn experiment NAME):")
     for name in experiments.NAMES:
         lines.append(f"  {name:<20} {experiments.get(name).TITLE}")

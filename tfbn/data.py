@@ -38,6 +38,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
@@ -47,6 +48,10 @@ import numpy as np
 import tensorflow as tf
 
 logger = logging.getLogger(__name__)
+
+# `model.fit(dataset)` warns that its default `shuffle=True` is ignored for a tf.data
+# dataset; ours reshuffle themselves every epoch, so the warning only worries learners.
+warnings.filterwarnings("ignore", message="`shuffle=True` was passed", category=UserWarning)
 
 Split = tuple[np.ndarray, np.ndarray]
 Splits = tuple[Split, Split]
@@ -247,7 +252,7 @@ def normalize_images(images: np.ndarray, *, flat: bool = False) -> np.ndarray:
 def mnist_datasets(batch_size: int = 100, *, flat: bool = False, dataset: str = "mnist",
                    seed: int | None = None, arrays: Splits | None = None,
                    test_batch_size: int | None = None,
-                   data_dir: str | os.PathLike | None = None
+                   data_dir: str | os.PathLike | None = None, repeat: bool = False,
                    ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Returns (train, test) tf.data pipelines of (image, label) batches.
 
@@ -255,7 +260,8 @@ def mnist_datasets(batch_size: int = 100, *, flat: bool = False, dataset: str = 
     int32 class indices. The training set is reshuffled every epoch; a `seed` makes that
     sequence of orders reproducible. `arrays` replaces `load_mnist(dataset, data_dir)` with
     `((x_train, y_train), (x_test, y_test))` uint8 arrays of any size (tests pass tiny ones).
-    `test_batch_size` defaults to `batch_size`.
+    `test_batch_size` defaults to `batch_size`. `repeat` repeats the training set without
+    end, for `model.fit(..., steps_per_epoch=N)` with epochs shorter than the data.
     """
     _check_batch_size("batch_size", batch_size)
     test_batch_size = batch_size if test_batch_size is None else test_batch_size
@@ -265,6 +271,8 @@ def mnist_datasets(batch_size: int = 100, *, flat: bool = False, dataset: str = 
     (x_train, y_train), (x_test, y_test) = arrays
     train = _pipeline(x_train, y_train, "train", flat=flat, batch_size=batch_size,
                       shuffle=True, seed=seed)
+    if repeat:
+        train = train.repeat()
     test = _pipeline(x_test, y_test, "test", flat=flat, batch_size=test_batch_size,
                      shuffle=False, seed=None)
     return train, test

@@ -1,4 +1,8 @@
-"""Model builders for the codelab's networks, with or without batch normalization.
+"""The BN layer `--bn` selects, and the codelab's networks as builders for the experiments.
+
+The codelab steps write their networks out in their lesson scripts (`tutorials/step_*.py`);
+the experiments vary those networks (dropout before BN, debiased averages, other widths)
+and build them here. `tests/test_models.py` checks that the two agree layer for layer.
 
 Placement follows the codelab's README_BATCHNORM: the layer before BN has no bias (BN's
 offset `beta` replaces it), BN sits between the weighted sum and the activation, and BN's
@@ -17,6 +21,40 @@ from tfbn.layer import BatchNorm
 
 NUM_CLASSES = 10
 IMAGE_SHAPE = (28, 28, 1)
+FIVE_LAYERS = (200, 100, 60, 30)
+CONV_4_2 = ((24, 6, 1), (48, 5, 2), (64, 4, 2))
+
+
+@keras.saving.register_keras_serializable(package="tfbn")
+class Bias(keras.layers.Layer):
+    """A learnt offset per feature (last axis), and nothing else.
+
+    With `--bn none` a BN step's network has this in each BN layer's place: the bias that
+    BN's offset beta replaced, so the same network trains without normalization. It takes
+    BN's `scale` and `center` arguments and ignores them: no BN, no gamma.
+    """
+
+    def __init__(self, scale=True, center=True, **kwargs):
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        self.bias = self.add_weight(name="bias", shape=(input_shape[-1],),
+                                    initializer="zeros")
+
+    def call(self, inputs):
+        return inputs + keras.ops.cast(self.bias, inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+def batch_norm_type(bn: str) -> type:
+    """The layer class `--bn` names: "custom" tfbn.BatchNorm, "keras" the built-in
+    keras.layers.BatchNormalization, "none" `Bias` (no normalization, the bias back)."""
+    layers = {"custom": BatchNorm, "keras": keras.layers.BatchNormalization, "none": Bias}
+    if bn not in layers:
+        raise ValueError(f"bn must be one of {', '.join(layers)}; got {bn!r}")
+    return layers[bn]
 
 
 def normalization(bn: str, *, scale: bool, name: str, momentum: float = 0.99,

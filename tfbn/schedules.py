@@ -32,5 +32,8 @@ class DecayToFloor(keras.optimizers.schedules.LearningRateSchedule):
     def scaled(self, factor: float) -> "DecayToFloor":
         return DecayToFloor(self.peak * factor, self.floor * factor, self.decay_steps)
 
+    def __str__(self) -> str:
+        return f"{self.floor:g} + {self.peak:g} * exp(-t / {self.decay_steps:g})"
+
     def get_config(self):
         return {"peak": self.peak, "floor": self.floor, "decay_steps": self.decay_steps}

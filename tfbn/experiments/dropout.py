@@ -126,7 +126,7 @@ def build_model(variant: Variant, *, bn: str = "custom", dropout_rate: float = 0
                 momentum: float = 0.99, name: str | None = None) -> keras.Model:
     """Step 4.2's network with BN and dropout where `variant` puts them."""
     return models.conv_network(
-        steps.CONV_4_2, DENSE_UNITS, bn=bn if variant.uses_bn else "none",
+        models.CONV_4_2, DENSE_UNITS, bn=bn if variant.uses_bn else "none",
         dropout_rate=dropout_rate if variant.dropout else 0.0,
         dropout_before_bn=variant.dropout == "before_bn", momentum=momentum,
         name=name or variant.name)
@@ -188,7 +188,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
 def compressed_schedule(total_steps: int) -> DecayToFloor:
     """Step 3.x's decay, squeezed so that `total_steps` span as many time constants as the
     codelab's 10,000 iterations span of the original."""
-    original = steps.RELU_DECAY
+    original = steps.load("3.1").LEARNING_RATE
     time_constants = CODELAB_ITERATIONS / original.decay_steps
     return DecayToFloor(original.peak, original.floor, total_steps / time_constants)
 

@@ -101,7 +101,8 @@ def run(config: Config | None = None, arrays=None) -> dict:
             # and every run must see the same batches in the same order.
             train_dataset, _ = data.mnist_datasets(config.batch_size, flat=True,
                                                    seed=config.seed, arrays=arrays)
-            model = steps.get(step_name).build_model("none" if name == "none" else config.bn)
+            model = (steps.load(step_name).build_model() if name == "none"
+                     else steps.load(step_name).build_model(config.bn))
             model.compile(optimizer=make_optimizer(config.optimizer, rate),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
             history, seconds = fit_in_records(model, train_dataset, config)

@@ -94,10 +94,10 @@ class Config:
         check_fields(self)
         check_positive_integers(self, "steps", "record_every", "batch_size", "population_size")
         check_divides(self, "record_every", "steps")
-        if not 1 <= self.layer <= len(steps.FIVE_LAYERS):
-            raise ValueError(f"layer must be in 1..{len(steps.FIVE_LAYERS)}, got {self.layer!r}")
-        if not 0 <= self.unit < steps.FIVE_LAYERS[self.layer - 1]:
-            raise ValueError(f"unit must be in 0..{steps.FIVE_LAYERS[self.layer - 1] - 1} for "
+        if not 1 <= self.layer <= len(models.FIVE_LAYERS):
+            raise ValueError(f"layer must be in 1..{len(models.FIVE_LAYERS)}, got {self.layer!r}")
+        if not 0 <= self.unit < models.FIVE_LAYERS[self.layer - 1]:
+            raise ValueError(f"unit must be in 0..{models.FIVE_LAYERS[self.layer - 1] - 1} for "
                              f"layer {self.layer}, got {self.unit!r}")
         check_verbose(self)
 
@@ -105,7 +105,7 @@ class Config:
 def build_model(momentum: float, debiased: bool) -> keras.Model:
     """Step 4.0's network with tfbn.BatchNorm(momentum, debiased) before each sigmoid."""
     return models.dense_network(
-        steps.FIVE_LAYERS, activation="sigmoid", bn="custom", bn_scale=True,
+        models.FIVE_LAYERS, activation="sigmoid", bn="custom", bn_scale=True,
         momentum=momentum, debiased=debiased,
         name=f"step_4_0_momentum_{momentum:g}" + ("_debiased" if debiased else ""))
 
@@ -181,7 +181,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
     population_images = data.normalize_images(x_train[:config.population_size], flat=True)
     test_images = data.normalize_images(x_test, flat=True)
     test_labels = np.asarray(y_test)
-    step = steps.get("4.0")
+    step = steps.load("4.0")
     print(f"moving averages: {config.steps} steps of batch {config.batch_size}, step 4.0 "
           f"network and optimizer; panel (a) follows BN layer {config.layer}")
 

@@ -145,7 +145,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
 
     results = []
     for strength in config.strengths():
-        network = models.conv_network(steps.CONV_4_2, bn=config.bn,
+        network = models.conv_network(models.CONV_4_2, bn=config.bn,
                                       dropout_rate=config.dropout_rate,
                                       momentum=config.bn_momentum)
         # The copy's weights are the ones trained: the same for every strength, like the
