@@ -12,6 +12,7 @@ from pathlib import Path
 import keras
 import pytest
 
+import tfbn
 from tfbn import steps
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -189,3 +190,20 @@ def test_profile_rejects_bad_options():
         profile_ops.ProfileConfig(mode="eval")
     with pytest.raises(ValueError, match="calls must be a positive integer, got 0"):
         profile_ops.ProfileConfig(calls=0)
+
+
+
+def test_the_codelab_moving_average_variant_trains_with_the_codelab_decay(tiny_mnist,
+                                                                          monkeypatch):
+    comparison = load_script("codelab_moving_average")
+    lesson = steps.load("4.1")
+    built = []
+    build = lesson.build_model
+    monkeypatch.setattr(lesson, "build_model", lambda bn: built.append(build(bn)) or built[-1])
+    plain = comparison.run("4.1", 0, False, epochs=1, steps_per_epoch=2, arrays=tiny_mnist)
+    codelab = comparison.run("4.1", 0, True, epochs=1, steps_per_epoch=2, arrays=tiny_mnist)
+    momenta = [{(layer.momentum, layer.debiased) for layer in model.layers
+                if isinstance(layer, tfbn.BatchNorm)} for model in built]
+    assert momenta == [{(0.99, False)}, {(0.998, True)}]
+    assert plain["steps"] == codelab["steps"] == 2
+    assert plain["test_loss"] != codelab["test_loss"]

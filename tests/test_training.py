@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tfbn import steps, training
+from tfbn import rundir, steps, training
 from tfbn.config import RunConfig
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
@@ -81,7 +81,7 @@ def test_a_run_directory_holds_what_the_run_left(tiny_mnist, tmp_path):
     assert written == json.loads(json.dumps(metrics))
     assert set(written) >= {"test_accuracy", "best_test_accuracy", "test_loss", "epochs",
                             "steps", "seconds", "device", "bn", "versions"}
-    history = training.read_history(tmp_path / "history.csv")
+    history = rundir.read_history(tmp_path / "history.csv")
     assert history["epoch"] == [0, 1]
     assert written["best_test_accuracy"] == pytest.approx(
         max(history["val_accuracy"] + [written["test_accuracy"]]))
@@ -126,18 +126,18 @@ def test_an_interrupted_run_resumes_without_losing_finished_epochs(tiny_mnist, t
     with pytest.raises(Interrupt):
         training.train("4.1", config, arrays=tiny_mnist)
     assert not (tmp_path / "metrics.json").exists()
-    assert training.read_history(tmp_path / "history.csv")["epoch"] == [0, 1]
+    assert rundir.read_history(tmp_path / "history.csv")["epoch"] == [0, 1]
 
     monkeypatch.undo()
     metrics = training.train("4.1", config, arrays=tiny_mnist)
-    assert training.read_history(tmp_path / "history.csv")["epoch"] == [0, 1, 2, 3]
+    assert rundir.read_history(tmp_path / "history.csv")["epoch"] == [0, 1, 2, 3]
     assert metrics["steps"] == 4 * 2, "the resumed run restarts at epoch 2, not 0"
-    assert not (tmp_path / "backup").exists()
+    assert (tmp_path / "backup").exists(), "kept, so that the finished run is not retrained"
 
 
 def test_a_logdir_of_another_step_is_refused(tiny_mnist, tmp_path):
     training.train("4.1", QUICK.replace(logdir=str(tmp_path)), arrays=tiny_mnist)
-    with pytest.raises(ValueError, match="holds a run of step 4.1"):
+    with pytest.raises(ValueError, match=r"holds a run with other options \(step '4.1' -> '4.0'\)"):
         training.train("4.0", QUICK.replace(logdir=str(tmp_path)), arrays=tiny_mnist)
 
 

@@ -2,8 +2,9 @@
 
 from tfbn.fold import FoldResult, export_inference_model, fold_batchnorm
 from tfbn.layer import BatchNorm, batch_norm
+from tfbn.saving import load_model
 
 __version__ = "0.1.0"
 
 __all__ = ["BatchNorm", "batch_norm", "fold_batchnorm", "export_inference_model",
-           "FoldResult", "__version__"]
+           "FoldResult", "load_model", "__version__"]

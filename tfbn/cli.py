@@ -66,6 +66,23 @@ def parse_run_options(step_name: str, defaults: run_config.RunConfig | None = No
                           defaults if defaults is not None else run_config.RunConfig(), argv)
 
 
+def run_lesson(main, step_name: str, argv: list[str] | None = None) -> None:
+    """A lesson script's `__main__`: its options parsed, `main(config)` run, and a user error
+    printed as one line with exit code 2, as `tfbn run` does (in a notebook it is raised)."""
+    config = parse_run_options(step_name, argv=argv)
+    if _in_notebook():
+        main(config)
+        return
+
+    def run() -> int:
+        main(config)
+        return 0
+
+    code = _guarded(run)
+    if code:
+        sys.exit(code)
+
+
 def _in_notebook() -> bool:
     return "ipykernel" in sys.modules
 
@@ -100,11 +117,21 @@ def list_steps() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
+    return _guarded(lambda: _dispatch(arguments))
+
+
+def _guarded(command) -> int:
+    """Runs `command`; a user error becomes one line on stderr and an exit code."""
+    from tfbn.training import NotANumberError
+
     try:
-        return _dispatch(arguments)
+        return command()
     except ValueError as error:
         print(f"tfbn: error: {error}", file=sys.stderr)
         return 2
+    except NotANumberError as error:
+        print(f"tfbn: stopped: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last finished "
               "epoch (needs --logdir)", file=sys.stderr)

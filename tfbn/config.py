@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import typing
 from typing import Optional
 
@@ -57,11 +58,16 @@ class RunConfig:
         metadata=option("write the BN-folded inference model (.keras and SavedModel) here"))
     verbose: int = dataclasses.field(
         default=1, metadata=option("Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch"))
+    restart: bool = dataclasses.field(
+        default=False,
+        metadata=option("archive the run the --logdir holds (in its archive/) and start over"))
 
     def __post_init__(self):
         check_fields(self)
         check_positive_integers(self, "epochs", "steps_per_epoch", "batch_size")
         check_positive(self, "learning_rate_scale")
+        if self.seed < 0:
+            raise ValueError(f"seed must be 0 or more, got {self.seed!r}")
         check_verbose(self)
 
     def replace(self, **changes) -> "RunConfig":
@@ -91,11 +97,11 @@ def check_positive_integers(config, *names: str) -> None:
 
 
 def check_positive(config, *names: str) -> None:
-    """Each of the number fields `names` is greater than 0."""
+    """Each of the number fields `names` is greater than 0, and finite."""
     for name in names:
         value = getattr(config, name)
-        if not value > 0:
-            raise ValueError(f"{name} must be positive, got {value!r}")
+        if not 0 < value < math.inf:
+            raise ValueError(f"{name} must be positive and finite, got {value!r}")
 
 
 def check_fraction(config, *names: str) -> None:

@@ -1,20 +1,12 @@
-"""Training one codelab step with `model.fit`: data, model, callbacks, resume, metrics.
+"""What every lesson shares around its own model and `model.fit`: `Run`.
 
-A run directory (`--logdir`) holds everything a run leaves behind:
-
-    config.json     the step and options it was started with
-    history.csv     one row per finished epoch (Keras CSVLogger, appended on resume)
-    backup/         Keras BackupAndRestore state; a killed run restarts from its last epoch
-    metrics.json    the final metrics, written once training has finished
-    train/ validation/ ...   TensorBoard event files; dashboard.png, the codelab's view
+A run directory (`--logdir`) holds everything a run leaves behind; `tfbn.rundir` owns its
+layout, its one configuration and its lock.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import json
-import os
 import platform
 import sys
 import time
@@ -26,6 +18,7 @@ import tensorflow as tf
 
 from tfbn import data, devices, steps
 from tfbn.config import RunConfig
+from tfbn.rundir import RunDirectory
 
 INSPECTION_SAMPLE_SIZE = 1000
 
@@ -43,17 +36,19 @@ def train(step_name: str, config: RunConfig | None = None, arrays=None) -> dict:
 class Run:
     """What every step's lesson shares around its own model, optimizer and `model.fit`.
 
-        run = training.Run("4.2", config)       # seed, device, strategy, run directory
-        train_data, test_data = data.mnist_datasets(..., arrays=run.arrays)
-        with run.scope():                       # the strategy and the precision policy
+        with training.Run("4.2", config) as run:   # seed, device, strategy, run directory
+            train_data, test_data = data.mnist_datasets(..., arrays=run.arrays)
             model = build_model(run.bn)
             model.compile(...)
             model.fit(..., callbacks=run.callbacks(model))
-            metrics = run.finish(model)         # metrics.json, the summary lines
+            metrics = run.finish(model)            # metrics.json, the summary lines
 
     Creating it seeds every generator (`keras.utils.set_random_seed`), makes TensorFlow's
     ops deterministic, picks the strategy and precision, prints what the run will use, and
-    prepares the run directory (`config.logdir`), resuming the run it holds.
+    opens the run directory (`config.logdir`, see `tfbn.rundir`): a new run, the same run
+    resumed, or the same run finished (then `fit` restores its final state and trains
+    nothing). The `with` block is the strategy's scope and the precision policy; leaving it
+    releases the run directory.
     """
 
     def __init__(self, step_name: str, config: RunConfig | None = None, arrays=None):
@@ -64,10 +59,12 @@ class Run:
         run_dir = Path(config.logdir) if config.logdir else None
         # Only the chief writes the run directory (workers would write the same files);
         # the others keep just their own resume state beside it, so every worker resumes.
-        self.logdir = run_dir if devices.is_chief(self.strategy) else None
+        chief = devices.is_chief(self.strategy)
+        self.rundir = None
         self.worker_backup = None
-        if self.logdir is not None:
-            _prepare_logdir(self.logdir, self.step, config)
+        if run_dir is not None and chief:
+            self.rundir = RunDirectory(run_dir, self.step.name, config.to_dict(),
+                                       restart=config.restart)
         elif run_dir is not None:
             self.worker_backup = run_dir / f"backup-worker-{devices.worker_index(self.strategy)}"
             print(f"the chief writes {run_dir}; this worker keeps its resume state in "
@@ -75,7 +72,14 @@ class Run:
         else:
             print(f"no --logdir: metrics, TensorBoard logs and the dashboard are not kept "
                   f"(e.g. --logdir runs/{self.step.name} keeps them there)")
+        try:
+            self._start(arrays)
+        except BaseException:
+            self.close()
+            raise
 
+    def _start(self, arrays) -> None:
+        config = self.config
         keras.utils.set_random_seed(config.seed)
         tf.config.experimental.enable_op_determinism()
         self.policy = devices.mixed_precision_policy(config.mixed_precision)
@@ -90,13 +94,26 @@ class Run:
         print(f"global batch size: {config.batch_size} "
               f"({config.batch_size / replicas:g} per replica)")
         self.arrays = arrays if arrays is not None else data.load_mnist()
-        self.clock = RunClock(self.logdir)
+        self.clock = RunClock(self.rundir.history() if self.rundir is not None else None)
+        self._scopes = contextlib.ExitStack()
 
-    @contextlib.contextmanager
-    def scope(self):
-        """Build, compile and fit in here: the strategy's scope and the precision policy."""
-        with devices.precision_policy(self.policy), self.strategy.scope():
-            yield
+    @property
+    def logdir(self) -> Path | None:
+        return self.rundir.path if self.rundir is not None else None
+
+    def __enter__(self) -> "Run":
+        self._scopes.enter_context(devices.precision_policy(self.policy))
+        self._scopes.enter_context(self.strategy.scope())
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self._scopes.close()
+        self.close()
+
+    def close(self) -> None:
+        """Releases the run directory for the next run (the OS would, at the process's end)."""
+        if self.rundir is not None:
+            self.rundir.close()
 
     def callbacks(self, model: keras.Model) -> list[keras.callbacks.Callback]:
         """The callbacks for `model.fit`: the run's clock, and with a run directory Keras's
@@ -112,7 +129,7 @@ class Run:
         print(f"optimizer: {describe_optimizer(model.optimizer)}")
         if self.config.verbose:
             model.summary()
-        callbacks = [self.clock]
+        callbacks = [self.clock, StopOnNaN()]
         if self.logdir is not None:
             flat = len(model.inputs[0].shape) == 2
             callbacks += _logdir_callbacks(self.logdir, self.config, self.arrays, flat)
@@ -130,7 +147,14 @@ class Run:
             test_accuracy = float(np.squeeze(epoch_logs["val_accuracy"][-1]))
         else:  # resumed after the last epoch had finished: nothing left to train
             test_loss, test_accuracy = model.evaluate(self._test_dataset(model), verbose=0)
-        history = read_history(self.logdir / "history.csv") if self.logdir is not None else None
+        if self.rundir is not None and self.rundir.previous_metrics is not None \
+                and not epoch_logs.get("val_loss"):
+            previous = self.rundir.previous_metrics
+            print(f"best test accuracy over the epochs: {previous['best_test_accuracy']:.4f}")
+            print(f"test accuracy: {previous['test_accuracy']:.4f} (the finished run's, "
+                  f"{self.rundir.metrics_path})")
+            return previous
+        history = self.rundir.history() if self.rundir is not None else None
         val_accuracies = (history["val_accuracy"] if history
                           else epoch_logs.get("val_accuracy", []))
         metrics = {
@@ -154,9 +178,9 @@ class Run:
         print(f"best test accuracy over the epochs: {metrics['best_test_accuracy']:.4f}; "
               f"{metrics['steps']} steps in {metrics['seconds']:.0f} s")
         print(f"test accuracy: {test_accuracy:.4f}")
-        if self.logdir is not None:
-            write_json_atomically(self.logdir / "metrics.json", metrics)
-            print(f"metrics: {self.logdir / 'metrics.json'}")
+        if self.rundir is not None:
+            self.rundir.write_metrics(metrics)
+            print(f"metrics: {self.rundir.metrics_path}")
         if config.export and devices.is_chief(self.strategy):
             from tfbn.fold import export_inference_model
             export_inference_model(model, config.export)
@@ -182,9 +206,8 @@ class RunClock(keras.callbacks.Callback):
     """Adds `seconds` (wall time of finished epochs, across resumed sessions) and
     `learning_rate` to each epoch's logs, so CSVLogger and TensorBoard record them."""
 
-    def __init__(self, logdir: Path | None):
+    def __init__(self, history: dict | None):
         super().__init__()
-        history = read_history(logdir / "history.csv") if logdir is not None else None
         self.previous_seconds = history["seconds"][-1] if history and history["seconds"] else 0.0
         self.total_seconds = self.previous_seconds
 
@@ -197,6 +220,23 @@ class RunClock(keras.callbacks.Callback):
             logs["seconds"] = round(self.total_seconds, 2)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
+
+
+class NotANumberError(RuntimeError):
+    """Training reached a loss that is not a number."""
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Stops at the first batch whose loss is NaN or infinite, with a message (Keras's
+    TerminateOnNaN stops silently); the run directory keeps the last finished epoch."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not np.isfinite(float(np.squeeze(loss))):
+            raise NotANumberError(
+                f"the training loss became {float(np.squeeze(loss))} at batch {batch}: the "
+                f"learning rate is too high for this network (try a lower "
+                f"--learning-rate-scale); the run directory keeps its last finished epoch")
 
 
 def _logdir_callbacks(logdir: Path, config: RunConfig, arrays, flat: bool) -> list:
@@ -212,50 +252,9 @@ def _logdir_callbacks(logdir: Path, config: RunConfig, arrays, flat: bool) -> li
         *tensorboard_callbacks(str(logdir), test_images, y_test[sample]),
         Dashboard(str(logdir), train_images, y_train[sample], test_images, y_test[sample],
                   live=config.live),
-        keras.callbacks.BackupAndRestore(str(logdir / "backup")),
+        # Kept at the end, so that the same command on a finished run trains nothing.
+        keras.callbacks.BackupAndRestore(str(logdir / "backup"), delete_checkpoint=False),
     ]
-
-
-def _prepare_logdir(logdir: Path, step: steps.Step, config: RunConfig) -> None:
-    """Creates the run directory, or checks that the run it holds is this one (to resume)."""
-    config_path = logdir / "config.json"
-    if config_path.exists():
-        previous = json.loads(config_path.read_text())
-        if previous.get("step") != step.name:
-            raise ValueError(f"logdir {str(logdir)!r} holds a run of step {previous.get('step')}, "
-                             f"not {step.name}; choose another --logdir")
-        if (logdir / "backup").exists():
-            print(f"resuming the run in {logdir}")
-        elif (logdir / "metrics.json").exists():
-            print(f"{logdir} holds a finished run; training it again from the start")
-            (logdir / "history.csv").unlink(missing_ok=True)
-            (logdir / "metrics.json").unlink()
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"cannot create logdir {str(logdir)!r}: {error.strerror}") from None
-    write_json_atomically(config_path, {"step": step.name, **config.to_dict()})
-
-
-def read_history(path: Path) -> dict[str, list[float]] | None:
-    """history.csv as columns; a repeated epoch (a resumed run redoing it) keeps its last row."""
-    if not path.exists():
-        return None
-    rows = {}
-    with open(path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows[int(row["epoch"])] = row
-    columns: dict[str, list[float]] = {}
-    for epoch in sorted(rows):
-        for key, value in rows[epoch].items():
-            columns.setdefault(key, []).append(float(value) if value not in ("", None) else np.nan)
-    return columns
-
-
-def write_json_atomically(path: Path, content: dict) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 def versions() -> dict:

@@ -75,21 +75,21 @@ def make_optimizer(learning_rate_scale: float = 1.0) -> keras.optimizers.Optimiz
 # ## Train and evaluate
 #
 # `training.Run` is the bookkeeping every step shares: it seeds every random generator
-# (`--seed`), picks the device, the `tf.distribute` strategy and the precision, and prepares
-# the run directory (`--logdir`). `run.callbacks` are Keras's `CSVLogger`, `TensorBoard` and
-# `BackupAndRestore` (a killed run resumes from its last finished epoch) and the codelab's
-# dashboard; `run.finish` prints and saves the test metrics. After every epoch `fit`
-# evaluates the 10,000 test digits.
+# (`--seed`), picks the device, the `tf.distribute` strategy and the precision (its `with`
+# block is their scope), and opens the run directory (`--logdir`): a new run, or the same
+# run resumed. `run.callbacks` are Keras's `CSVLogger`, `TensorBoard` and `BackupAndRestore`
+# (a killed run resumes from its last finished epoch) and the codelab's dashboard;
+# `run.finish` prints and saves the test metrics. After every epoch `fit` evaluates the
+# 10,000 test digits.
 
 
 # %%
 def main(config: RunConfig = RunConfig(), datasets=None) -> dict:
     """Trains this step as `config` says; `datasets` replaces MNIST (tests pass tiny arrays)."""
-    run = training.Run(STEP, config, arrays=datasets)
-    train_data, test_data = data.mnist_datasets(
-        config.batch_size, flat=True, seed=config.seed, arrays=run.arrays,
-        repeat=config.steps_per_epoch is not None)
-    with run.scope():
+    with training.Run(STEP, config, arrays=datasets) as run:
+        train_data, test_data = data.mnist_datasets(
+            config.batch_size, flat=True, seed=config.seed, arrays=run.arrays,
+            repeat=config.steps_per_epoch is not None)
         model = build_model()
         model.compile(optimizer=make_optimizer(config.learning_rate_scale),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
@@ -102,4 +102,4 @@ def main(config: RunConfig = RunConfig(), datasets=None) -> dict:
 
 # %%
 if __name__ == "__main__":
-    main(cli.parse_run_options(STEP))
+    cli.run_lesson(main, STEP)

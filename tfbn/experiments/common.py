@@ -15,7 +15,8 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from tfbn import data  # noqa: E402
 from tfbn.config import option  # noqa: E402
-from tfbn.training import versions, write_json_atomically  # noqa: E402
+from tfbn.rundir import write_json_atomically  # noqa: E402
+from tfbn.training import versions  # noqa: E402
 
 
 # The Config fields most experiments share, so that they mean and read the same everywhere.
