@@ -36,10 +36,10 @@ import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
 import tfbn  # noqa: E402
+from tfbn.layer import BATCH_NORM_TYPES  # noqa: E402
 from bench_batchnorm import FOLDED, STEPS, build_variants, synthetic_batch  # noqa: E402
 
 MODES = ("train", "infer")
-BATCH_NORM_TYPES = (keras.layers.BatchNormalization, tfbn.BatchNorm)
 WARMUP_CALLS = 3
 # Executor bookkeeping on the same threads as the kernels, not ops.
 NOT_KERNELS = ("ThreadpoolListener", "ExecutorState")

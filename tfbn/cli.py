@@ -5,6 +5,7 @@
     tfbn experiment NAME [options] run an experiment (options: tfbn experiment NAME --help)
     tfbn data fetch|info           get MNIST into the cache / say what is cached
     tfbn compare RUN_DIR...        overlay runs' curves and tabulate their metrics
+    tfbn recalibrate RUN_DIR       recompute a run's BN statistics, test metrics before/after
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     data_parser.add_argument("--dataset", default="mnist", choices=("mnist", "fashion_mnist"))
     data_parser.add_argument("--force", action="store_true",
                              help="fetch again even when a verified copy is cached")
+
+    recalibrate = commands.add_parser(
+        "recalibrate", help="recompute a finished run's BN statistics (PreciseBN)",
+        description="Recompute the BN moving statistics of a run's trained model over "
+                    "training batches, and print the test metrics before and after.")
+    recalibrate.add_argument("run_dir", metavar="RUN_DIR")
+    recalibrate.add_argument("--steps", type=int, default=200,
+                             help="training batches to average over [200]")
 
     compare = commands.add_parser("compare", help="compare finished runs")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -156,6 +165,10 @@ def _dispatch(arguments: argparse.Namespace) -> int:
             print(data.fetch(arguments.dataset, force=arguments.force))
         else:
             print(data.cache_info())
+        return 0
+    if arguments.command == "recalibrate":
+        from tfbn.practice import describe_recalibration, recalibrate_run
+        print(describe_recalibration(recalibrate_run(arguments.run_dir, arguments.steps)))
         return 0
     from tfbn.compare import compare_runs
     print(compare_runs(arguments.run_dirs, arguments.output,

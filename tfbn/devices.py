@@ -81,20 +81,12 @@ def synchronize_batch_norm(model: keras.Model) -> int:
     Both layers read the flag when they are called, so this works on a built model
     (before `fit` traces it).
     """
-    from tfbn.layer import BatchNorm
+    from tfbn.practice import batch_norm_layers
 
-    layers = [layer for layer in _all_layers(model)
-              if isinstance(layer, (BatchNorm, keras.layers.BatchNormalization))]
+    layers = [layer for _, layer in batch_norm_layers(model)]
     for layer in layers:
         layer.synchronized = True
     return len(layers)
-
-
-def _all_layers(model):
-    for layer in model.layers:
-        yield layer
-        if hasattr(layer, "layers"):
-            yield from _all_layers(layer)
 
 
 def prepare_multi_worker_fit(model: keras.Model) -> None:

@@ -31,9 +31,9 @@ import numpy as np
 # Keras exposes no public name for the class of `keras.Model(inputs, outputs)`.
 from keras.src.models.functional import Functional
 
-from tfbn.layer import BatchNorm
+from tfbn.layer import BATCH_NORM_TYPES
 
-BATCH_NORM_TYPES = (keras.layers.BatchNormalization, BatchNorm)
+
 DENSE_AND_CONV_TYPES = (
     keras.layers.Dense,
     keras.layers.Conv1D,

@@ -717,3 +717,7 @@ class BatchNorm(keras.layers.Layer):
             "implementation": self.implementation,
         }
         return {**super().get_config(), **config}
+
+
+# The batch-normalization layers tfbn's tools know: Keras's and this module's.
+BATCH_NORM_TYPES = (keras.layers.BatchNormalization, BatchNorm)

@@ -198,3 +198,28 @@ def write_json_atomically(path: Path, content: dict) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(json.dumps(content, indent=2) + "\n")
     os.replace(temporary, path)
+
+
+def load_trained_model(path: Path):
+    """The model a run directory's run trained, with its final (or last finished epoch's)
+    weights from `backup/`, compiled as the lesson compiles it; and the run's config."""
+    from tfbn import steps
+    from tfbn.training import resolve_bn
+
+    path = Path(path)
+    config = read_config(path / "config.json")
+    if config is None:
+        raise RunDirectoryError(f"{str(path)!r} holds no run (no config.json)")
+    weights = path / "backup" / "latest.weights.h5"
+    if not weights.exists():
+        raise RunDirectoryError(f"{str(path)!r} keeps no trained weights ({weights} is "
+                                f"missing: the run has not finished an epoch)")
+    step = steps.get(config["step"])
+    lesson = step.module()
+    bn = resolve_bn(step, config.get("bn"))
+    model = lesson.build_model(bn) if step.uses_bn else lesson.build_model()
+    model.compile(optimizer=lesson.make_optimizer(config.get("learning_rate_scale", 1.0)),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(weights)
+    return model, config

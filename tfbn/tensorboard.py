@@ -33,7 +33,7 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from tfbn.layer import BatchNorm
+from tfbn.layer import BATCH_NORM_TYPES
 
 INSPECTION_RUN = "inspection"
 MISCLASSIFIED_TAG = "misclassified_digits"
@@ -61,7 +61,7 @@ def batch_norm_layers(model):
     return [
         layer
         for layer in model.layers
-        if isinstance(layer, (keras.layers.BatchNormalization, BatchNorm))
+        if isinstance(layer, BATCH_NORM_TYPES)
     ]
 
 
