@@ -219,7 +219,7 @@ def test_config_round_trip_keeps_every_argument():
         renorm_momentum=0.8, synchronized=True, name="bn",
     ).get_config()
     assert {k: v for k, v in config.items() if k in keras_config} == keras_config
-    assert set(config) - set(keras_config) == {"debiased", "implementation"}
+    assert set(config) - set(keras_config) == {"debiased", "implementation", "virtual_batch_size"}
 
 
 @pytest.mark.parametrize("debiased", [False, True])

@@ -151,3 +151,48 @@ def test_tfbn_recalibrate_names_a_directory_without_a_run(tmp_path, capsys):
 
     assert cli.main(["recalibrate", str(tmp_path)]) == 2
     assert "holds no run" in capsys.readouterr().err
+
+
+def test_diagnosis_measures_the_gap_and_leaves_the_model_alone():
+    model = small_model(tfbn.BatchNorm)
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    inputs = np.concatenate(batches())
+    labels = (np.arange(len(inputs)) % 3).astype("int32")
+    before = [w.copy() for w in model.get_weights()]
+    diagnosis = tfbn.diagnose_batchnorm(model, (inputs, labels), batch_size=16)
+    for old, new in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    layer, = diagnosis.layers
+    dense = inputs @ model.get_layer("dense").get_weights()[0] + model.get_layer(
+        "dense").get_weights()[1]
+    expected_shift = np.max(np.abs(dense.mean(axis=0)) / np.sqrt(
+        np.mean([d.var(axis=0) for d in np.split(dense, 4)], axis=0)))
+    assert layer.mean_shift == pytest.approx(expected_shift, rel=1e-4)
+    assert set(diagnosis.moving) == {"loss", "accuracy"}
+    assert diagnosis.moving["loss"] != diagnosis.recalibrated["loss"]
+    text = str(diagnosis)
+    assert "| bn |" in text and "recalibrated" in text and "are off (worst: bn" in text
+
+
+def test_diagnosis_after_recalibration_says_the_statistics_match():
+    model = small_model(keras.layers.BatchNormalization)
+    inputs = np.concatenate(batches())
+    practice.recalibrate_batchnorm(model, inputs, batch_size=16)
+    diagnosis = tfbn.diagnose_batchnorm(model, inputs, batch_size=16)
+    assert diagnosis.moving is None  # no labels: statistics only
+    assert diagnosis.layers[0].mean_shift < 1e-5
+    assert str(diagnosis).endswith("the moving statistics match the data")
+
+
+def test_tfbn_diagnose_on_a_saved_model(tiny_mnist, tmp_path, monkeypatch, capsys):
+    from tfbn import cli, steps
+
+    model = steps.load("4.1").build_model("custom")
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    model.save(tmp_path / "model.keras")
+    monkeypatch.setattr("tfbn.data.load_mnist", lambda *args, **kwargs: tiny_mnist)
+    assert cli.main(["diagnose", str(tmp_path / "model.keras")]) == 0
+    printed = capsys.readouterr().out
+    assert "| dense1_bn |" in printed and "accuracy: " in printed
+    assert "are off" in printed  # fresh statistics (0 and 1) are far from the data's

@@ -6,6 +6,7 @@
     tfbn data fetch|info           get MNIST into the cache / say what is cached
     tfbn compare RUN_DIR...        overlay runs' curves and tabulate their metrics
     tfbn recalibrate RUN_DIR       recompute a run's BN statistics, test metrics before/after
+    tfbn diagnose MODEL.keras      how far a model's BN statistics are from the test data's
 """
 
 from __future__ import annotations
@@ -52,6 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
     recalibrate.add_argument("run_dir", metavar="RUN_DIR")
     recalibrate.add_argument("--steps", type=int, default=200,
                              help="training batches to average over [200]")
+
+    diagnose = commands.add_parser(
+        "diagnose", help="how far a saved model's BN statistics are from MNIST's test data",
+        description="For each BN layer of a saved .keras model: the mean shift and variance "
+                    "ratio between its moving statistics and the test data's, and the test "
+                    "metrics with moving and with recalibrated statistics.")
+    diagnose.add_argument("model", metavar="MODEL.keras")
+    diagnose.add_argument("--steps", type=int, default=None,
+                          help="test batches to use (default: all)")
 
     compare = commands.add_parser("compare", help="compare finished runs")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -165,6 +175,10 @@ def _dispatch(arguments: argparse.Namespace) -> int:
             print(data.fetch(arguments.dataset, force=arguments.force))
         else:
             print(data.cache_info())
+        return 0
+    if arguments.command == "diagnose":
+        from tfbn.practice import diagnose_saved_model
+        print(diagnose_saved_model(arguments.model, arguments.steps))
         return 0
     if arguments.command == "recalibrate":
         from tfbn.practice import describe_recalibration, recalibrate_run

@@ -211,6 +211,64 @@ def batch_norm(
     )
 
 
+def ghost_batch_norm(
+    x,
+    gamma,
+    beta,
+    moving_mean,
+    moving_variance,
+    *,
+    virtual_batch_size,
+    axis=-1,
+    epsilon=1e-3,
+    momentum=0.99,
+):
+    """Training with ghost batches: each group of `virtual_batch_size` consecutive samples
+    is normalized with its own mean and variance (over the group and every axis but
+    `axis`), and the moving statistics move towards the groups' average mean and average
+    variance, as Keras 2's `virtual_batch_size` did (Hoffer et al. 2017). Inference needs no
+    function of its own: it is `batch_norm(..., training=False)`.
+
+    Returns:
+        `(outputs, new_moving_mean, new_moving_variance)`.
+    """
+    rank = x.shape.rank
+    axis = axis % rank
+    if axis == 0:
+        raise ValueError("ghost batches split the batch axis, so `axis` cannot be 0")
+    batch = x.shape[0]
+    if batch is not None and batch % virtual_batch_size:
+        raise ValueError(
+            f"virtual_batch_size={virtual_batch_size} must divide the batch size; "
+            f"received a batch of {batch}"
+        )
+    divides = tf.debugging.assert_equal(
+        tf.shape(x)[0] % virtual_batch_size, 0,
+        message=f"virtual_batch_size={virtual_batch_size} must divide the batch size",
+    )
+    with tf.control_dependencies([divides]):
+        x = tf.identity(x)
+    # [groups, virtual_batch_size, ...]: the original axis i becomes axis i + 1.
+    groups = tf.reshape(x, tf.concat([[-1, virtual_batch_size], tf.shape(x)[1:]], 0))
+    reduction_axes = [1] + [i + 1 for i in range(1, rank) if i != axis]
+    mean, variance = tf.nn.moments(groups, reduction_axes, keepdims=True)
+    grouped_axis = axis + 1
+    gamma, beta = (
+        None if t is None else _broadcastable(t, rank + 1, grouped_axis) for t in (gamma, beta)
+    )
+    outputs = tf.nn.batch_normalization(
+        groups, mean, variance, offset=beta, scale=gamma, variance_epsilon=epsilon
+    )
+    outputs = tf.reshape(outputs, tf.shape(x))
+    average_mean = tf.reshape(tf.reduce_mean(mean, axis=0), [-1])
+    average_variance = tf.reshape(tf.reduce_mean(variance, axis=0), [-1])
+    return (
+        outputs,
+        moving_average(moving_mean, average_mean, momentum),
+        moving_average(moving_variance, average_variance, momentum),
+    )
+
+
 def fused_batch_norm(
     x,
     gamma,
@@ -372,6 +430,12 @@ class BatchNorm(keras.layers.Layer):
       decay, and once momentum**t is negligible both averages agree. It adds
       a non-trainable int64 weight `num_updates` (last in the weights list),
       so its weights are Keras's plus that one; without it they are Keras's.
+    - `virtual_batch_size=None`: ghost batches. In training each group of this many
+      consecutive samples is normalized with its own statistics, and the moving
+      statistics follow the groups' average (`ghost_batch_norm`); inference is
+      unchanged (Keras 2 applied the groups at inference too, keras#15790). It must
+      divide the training batch size (a ValueError says so otherwise); no renorm,
+      synchronized statistics, masks in training or implementation="fused".
     - `implementation="auto"`: "moments" is the `tf.nn.moments` reference path
       (`batch_norm`); "fused" uses TensorFlow's fused kernel
       (`fused_batch_norm`; no masks in training, renorm or synchronized
@@ -420,6 +484,7 @@ class BatchNorm(keras.layers.Layer):
         synchronized=False,
         debiased=False,
         implementation="auto",
+        virtual_batch_size=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -470,6 +535,21 @@ class BatchNorm(keras.layers.Layer):
         self.renorm_momentum = renorm_momentum
         self.debiased = debiased
         self.implementation = implementation
+        if virtual_batch_size is not None:
+            if not isinstance(virtual_batch_size, numbers.Integral) or virtual_batch_size < 1:
+                raise ValueError(
+                    "`virtual_batch_size` must be a positive integer or None. "
+                    f"Received: virtual_batch_size={virtual_batch_size!r}"
+                )
+            if renorm or synchronized or implementation == "fused":
+                raise ValueError(
+                    "`virtual_batch_size` (ghost batches) works with neither renorm, "
+                    "synchronized statistics nor implementation='fused'. Received: "
+                    f"renorm={renorm}, synchronized={synchronized}, "
+                    f"implementation={implementation!r}"
+                )
+            virtual_batch_size = int(virtual_batch_size)
+        self.virtual_batch_size = virtual_batch_size
         self.supports_masking = True
 
         self.gamma = None
@@ -579,7 +659,20 @@ class BatchNorm(keras.layers.Layer):
         keep = None if mask is None else tf.expand_dims(mask, -1)
         update = bool(training) and self.trainable
 
-        if update and self.renorm:
+        if update and self.virtual_batch_size and keep is not None:
+            raise ValueError(
+                "`virtual_batch_size` (ghost batches) cannot leave masked steps out of "
+                "the statistics. Received: a mask in training"
+            )
+        if update and self.virtual_batch_size:
+            outputs, new_mean, new_variance = ghost_batch_norm(
+                inputs, gamma, beta, moving_mean, moving_variance,
+                virtual_batch_size=self.virtual_batch_size, axis=self.axis,
+                epsilon=self.epsilon, momentum=self._momentum(compute_dtype),
+            )
+            self.moving_mean.assign(new_mean)
+            self.moving_variance.assign(new_variance)
+        elif update and self.renorm:
             outputs = self._renormalize(inputs, keep, gamma, beta)
         else:
             momentum = self._momentum(compute_dtype) if update else self.momentum
@@ -715,6 +808,7 @@ class BatchNorm(keras.layers.Layer):
             "renorm_momentum": self.renorm_momentum,
             "debiased": self.debiased,
             "implementation": self.implementation,
+            "virtual_batch_size": self.virtual_batch_size,
         }
         return {**super().get_config(), **config}
 

@@ -24,7 +24,7 @@ from tfbn.layer import BATCH_NORM_TYPES, BatchNorm
 
 TARGETS = {"tfbn": BatchNorm, "keras": keras.layers.BatchNormalization}
 # tfbn.BatchNorm's arguments beyond Keras's, dropped when converting to Keras's layer.
-TFBN_ONLY_ARGUMENTS = ("debiased", "implementation")
+TFBN_ONLY_ARGUMENTS = ("debiased", "implementation", "virtual_batch_size")
 
 
 def batch_norm_layers(model) -> list[tuple[str, keras.layers.Layer]]:
@@ -230,3 +230,77 @@ def describe_recalibration(result: dict) -> str:
                   f"test loss {before['loss']:.4f} -> {after['loss']:.4f}",
               f"recalibrated model: {result['model']}"]
     return "\n".join(lines)
+
+
+class Diagnosis(NamedTuple):
+    """What `diagnose_batchnorm` found: each layer's statistics against the data's, and
+    with labels the metrics with the moving and with recalibrated statistics."""
+
+    layers: list
+    moving: dict | None
+    recalibrated: dict | None
+
+    def __str__(self) -> str:
+        lines = ["| BN layer | mean shift (sd) | variance ratio |", "| --- | --- | --- |"]
+        lines += [f"| {layer.name} | {layer.mean_shift:.3f} | {layer.variance_ratio:.3f} |"
+                  for layer in self.layers]
+        if self.moving is not None:
+            lines.append("")
+            for name in self.moving:
+                lines.append(f"{name}: {self.moving[name]:.4f} with the moving statistics, "
+                             f"{self.recalibrated[name]:.4f} recalibrated")
+        worst = max(self.layers, key=lambda layer: layer.mean_shift)
+        verdict = ("the moving statistics match the data" if worst.mean_shift < 0.1
+                   and max(layer.variance_ratio for layer in self.layers) < 1.2 else
+                   f"the moving statistics are off (worst: {worst.name}, mean shift "
+                   f"{worst.mean_shift:.2f} sd): recalibrate_batchnorm(model, training "
+                   f"data) replaces them")
+        return "\n".join(lines + ["", verdict])
+
+
+def diagnose_batchnorm(model, data, steps: int | None = None, batch_size: int = 100
+                       ) -> Diagnosis:
+    """How far each BN layer's moving statistics are from the statistics of `data`, and,
+    when `data` has labels and the model is compiled, its metrics with each. The model is
+    left as it was. The answer to "why is my validation accuracy bad with BN?": a mean
+    shift of more than about 0.1 standard deviation, or a variance ratio far from 1, means
+    inference normalizes with statistics the data does not have.
+
+    The data's statistics are `recalibrate_batchnorm`'s; `data` takes the same forms.
+    """
+    layers = [layer for _, layer in batch_norm_layers(model)]
+    saved = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in layers]
+    labelled = _has_labels(data) and model.compiled
+    moving = _evaluate(model, data, batch_size) if labelled else None
+    try:
+        changed = recalibrate_batchnorm(model, data, steps=steps, batch_size=batch_size)
+        recalibrated = _evaluate(model, data, batch_size) if labelled else None
+    finally:
+        for layer, (mean, variance) in zip(layers, saved):
+            layer.moving_mean.assign(mean)
+            layer.moving_variance.assign(variance)
+    return Diagnosis(changed, moving, recalibrated)
+
+
+def _has_labels(data) -> bool:
+    if isinstance(data, tf.data.Dataset):
+        return isinstance(data.element_spec, tuple) and len(data.element_spec) >= 2
+    return isinstance(data, (tuple, list)) and len(data) in (2, 3)
+
+
+def _evaluate(model, data, batch_size: int) -> dict:
+    if isinstance(data, tf.data.Dataset):
+        return model.evaluate(data, verbose=0, return_dict=True)
+    return model.evaluate(data[0], data[1], batch_size=batch_size, verbose=0, return_dict=True)
+
+
+def diagnose_saved_model(path, steps: int | None = None, arrays=None) -> Diagnosis:
+    """`tfbn diagnose MODEL.keras`: `diagnose_batchnorm` on the MNIST test set (images
+    flat or 28x28x1, as the model's input wants)."""
+    from tfbn import data
+    from tfbn.saving import load_model
+
+    model = load_model(path)
+    flat = len(model.inputs[0].shape) == 2
+    _, test = data.mnist_datasets(100, flat=flat, arrays=arrays)
+    return diagnose_batchnorm(model, test, steps=steps)
