@@ -231,6 +231,9 @@ def test_d2l_lenet_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
         assert result["test_accuracy"] == result["test_accuracy_per_epoch"][-1]
         assert result["difference_from_d2l"] == pytest.approx(
             result["test_accuracy"] - result["d2l_test_accuracy"])
+    assert networks["none"]["test_accuracy_recalibrated"] is None
+    for name in ("scratch", "builtin"):
+        assert 0.0 <= networks[name]["test_accuracy_recalibrated"] <= 1.0
     assert read_outputs(tmp_path)["networks"] == networks
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_lesson_has_a_notebook():
     expected = {f"{step.script}.ipynb" for step in steps.STEPS.values()} | {
-        "bn_from_scratch.ipynb"}
+        "bn_from_scratch.ipynb", "bn_in_practice.ipynb"}
     assert {path.name for path in notebooks.NOTEBOOKS.glob("*.ipynb")} == expected
 
 

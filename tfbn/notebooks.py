@@ -15,11 +15,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TUTORIALS = ROOT / "tutorials"
 NOTEBOOKS = ROOT / "notebooks"
-LESSONS = ("step_*.py", "bn_from_scratch.py")
+LESSONS = ("step_*.py", "bn_from_scratch.py", "bn_in_practice.py")
 
 
 def lesson_scripts(tutorials: Path = TUTORIALS) -> list[Path]:
-    """The scripts that have a notebook: the nine steps and BN from scratch."""
+    """The scripts that have a notebook: the nine steps, BN from scratch, BN in practice."""
     return sorted(path for pattern in LESSONS for path in tutorials.glob(pattern))
 
 
