@@ -56,3 +56,13 @@ def test_every_experiment_has_options_and_a_tutorial_script():
         assert arguments.seed == 7
     scripts = {path.stem for path in TUTORIALS.glob("experiment_*.py")}
     assert scripts == {f"experiment_{name}" for name in experiments.NAMES}
+
+
+def test_data_fetch_into_an_unusable_directory_is_one_line(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TFBN_DATA_DIR", str(blocker / "cache"))
+    assert cli.main(["data", "fetch"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("tfbn: error: ") and "TFBN_DATA_DIR" in error
+    assert len(error.splitlines()) == 1

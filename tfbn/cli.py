@@ -65,8 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="compare finished runs")
     compare.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    compare.add_argument("--output", default="comparison.png",
-                         help="figure to write [comparison.png]")
+    compare.add_argument("--output", default=None,
+                         help="figure to write [comparison.png beside the runs: in the "
+                              "directory that holds them]")
     compare.add_argument("--allow-mixed-steps", action="store_true",
                          help="compare runs of different steps")
     return parser
@@ -141,13 +142,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def _guarded(command) -> int:
     """Runs `command`; a user error becomes one line on stderr and an exit code."""
+    from tfbn.data import DataDirError, DataUnavailableError
     from tfbn.training import NotANumberError
 
     try:
         return command()
-    except ValueError as error:
+    except (ValueError, DataDirError) as error:
         print(f"tfbn: error: {error}", file=sys.stderr)
         return 2
+    except DataUnavailableError as error:
+        print(f"tfbn: error: {error}", file=sys.stderr)
+        return 1
     except NotANumberError as error:
         print(f"tfbn: stopped: {error}", file=sys.stderr)
         return 1
@@ -184,10 +189,11 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         from tfbn.practice import describe_recalibration, recalibrate_run
         print(describe_recalibration(recalibrate_run(arguments.run_dir, arguments.steps)))
         return 0
-    from tfbn.compare import compare_runs
-    print(compare_runs(arguments.run_dirs, arguments.output,
+    from tfbn.compare import compare_runs, default_comparison_path
+    output = arguments.output or default_comparison_path(arguments.run_dirs)
+    print(compare_runs(arguments.run_dirs, output,
                        allow_mixed_steps=arguments.allow_mixed_steps))
-    print(f"figure: {arguments.output}")
+    print(f"figure: {output}")
     return 0
 
 

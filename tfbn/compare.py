@@ -4,8 +4,6 @@ A run directory is what `tfbn run --logdir DIR` leaves: `metrics.json` (final me
 `history.csv` (one row per epoch, Keras's CSVLogger; `val_*` columns are the test set).
 """
 
-import csv
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +12,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tfbn.rundir import read_history, read_json
+
 REQUIRED_METRICS = ("step", "bn", "test_accuracy", "best_test_accuracy", "test_loss",
                     "epochs", "steps", "seconds", "device")
+NUMERIC_METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "epochs", "steps",
+                   "seconds")
 REQUIRED_COLUMNS = ("epoch", "val_accuracy", "val_loss")
 LINE_STYLES = ("-", "--", ":", "-.")
 
@@ -50,6 +52,13 @@ def compare_runs(run_dirs, output_png, allow_mixed_steps=False):
     return markdown_table(runs)
 
 
+def default_comparison_path(run_dirs) -> Path:
+    """comparison.png beside the runs: in the deepest directory that holds them all
+    (`runs/comparison.png` for `runs/a runs/b`), never the working directory by default."""
+    parents = [str(Path(directory).resolve().parent) for directory in run_dirs]
+    return Path(os.path.commonpath(parents)) / "comparison.png"
+
+
 def load_runs(run_dirs, allow_mixed_steps=False):
     """The runs in `run_dirs`, checked to be runs and (unless allowed) of the same step."""
     run_dirs = [Path(directory) for directory in run_dirs]
@@ -74,39 +83,24 @@ def load_run(directory):
     if not metrics_path.is_file():
         raise ValueError(f"{str(directory)!r} is not a finished run: it has no metrics.json "
                          f"(a run directory is made by `tfbn run --logdir DIR`)")
-    try:
-        metrics = json.loads(metrics_path.read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{str(metrics_path)!r} is not valid JSON: {error}") from None
+    metrics = read_json(metrics_path)
     missing = [key for key in REQUIRED_METRICS if key not in metrics]
     if missing:
         raise ValueError(f"{str(metrics_path)!r} lacks {', '.join(missing)}")
+    not_numbers = [f"{key}={metrics[key]!r}" for key in NUMERIC_METRICS
+                   if isinstance(metrics[key], bool)
+                   or not isinstance(metrics[key], (int, float))]
+    if not_numbers:
+        raise ValueError(f"{str(metrics_path)!r} holds values that are not numbers: "
+                         f"{', '.join(not_numbers)}")
     if not history_path.is_file():
         raise ValueError(f"{str(directory)!r} has metrics.json but no history.csv")
-    epochs, accuracy, loss = _read_test_curves(history_path)
-    return Run(directory, metrics, epochs, accuracy, loss)
-
-
-def _read_test_curves(path):
-    """(epoch numbers from 1, test accuracy, test loss) from a CSVLogger file.
-
-    A resumed run may repeat an epoch it redid; its last row wins.
-    """
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [column for column in REQUIRED_COLUMNS if column not in (reader.fieldnames or [])]
-        if missing:
-            raise ValueError(f"{str(path)!r} lacks the column(s) {', '.join(missing)}")
-        rows = {}
-        for line_number, row in enumerate(reader, start=2):
-            try:
-                rows[int(row["epoch"])] = (float(row["val_accuracy"]), float(row["val_loss"]))
-            except (TypeError, ValueError):
-                raise ValueError(f"{str(path)!r} line {line_number} is not a number row: "
-                                 f"{row}") from None
-    epochs = sorted(rows)
-    return ([epoch + 1 for epoch in epochs], [rows[epoch][0] for epoch in epochs],
-            [rows[epoch][1] for epoch in epochs])
+    history = read_history(history_path)
+    missing = [column for column in REQUIRED_COLUMNS if column not in (history or {})]
+    if missing:
+        raise ValueError(f"{str(history_path)!r} lacks the column(s) {', '.join(missing)}")
+    epochs = [int(epoch) + 1 for epoch in history["epoch"]]
+    return Run(directory, metrics, epochs, history["val_accuracy"], history["val_loss"])
 
 
 def _legend_labels(runs):

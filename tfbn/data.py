@@ -398,6 +398,8 @@ def _read_npz(path: Path) -> Splits:
     """Reads a Keras-style mnist.npz; FileNotFoundError if absent, _SourceFailed if unreadable."""
     if not path.exists():
         raise FileNotFoundError(path)
+    if not path.is_file():  # a FIFO or a device would block or stream forever
+        raise _SourceFailed(f"{path} is not a regular file; it is not read")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
