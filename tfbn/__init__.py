@@ -1,5 +1,11 @@
 """tfbn: Batch Normalization for TensorFlow/Keras, taught by running it."""
 
+from tfbn.quiet import import_tensorflow
+
+import_tensorflow()  # before anything imports TensorFlow loudly (see tfbn.quiet)
+
+# isort: split
+
 from tfbn.fold import FoldResult, export_inference_model, fold_batchnorm
 from tfbn.layer import BatchNorm, batch_norm
 from tfbn.practice import (convert_batchnorm, diagnose_batchnorm, freeze_batchnorm,

@@ -24,11 +24,11 @@
 # ## Setup
 
 # %%
+import tfbn  # first: tfbn quiets TensorFlow's start-up logs
 import keras
 import numpy as np
 import tensorflow as tf
 
-import tfbn
 from tfbn import data
 
 # %% [markdown]

@@ -31,10 +31,10 @@ import argparse
 import statistics
 import sys
 
+import tfbn  # first: tfbn quiets TensorFlow's start-up logs
 import keras
 import numpy as np
 
-import tfbn
 from tfbn import data, steps
 
 

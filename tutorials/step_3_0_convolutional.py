@@ -23,10 +23,10 @@
 # ## Setup
 
 # %%
+from tfbn import cli, data, training  # first: tfbn quiets TensorFlow's start-up logs
 import keras
 from keras import layers
 
-from tfbn import cli, data, training
 from tfbn.config import RunConfig
 from tfbn.schedules import DecayToFloor
 

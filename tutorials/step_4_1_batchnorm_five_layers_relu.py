@@ -25,10 +25,10 @@
 # ## Setup
 
 # %%
+from tfbn import cli, data, models, training  # first: tfbn quiets TensorFlow's start-up logs
 import keras
 from keras import layers
 
-from tfbn import cli, data, models, training
 from tfbn.config import RunConfig
 from tfbn.schedules import DecayToFloor
 
