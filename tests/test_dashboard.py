@@ -1,5 +1,6 @@
 """The codelab dashboard: recorded series, resume, the rendered figure and its PNG."""
 
+import copy
 import json
 
 import keras
@@ -255,3 +256,29 @@ def test_softmax_regression_has_an_empty_activations_panel(tiny_mnist, tmp_path)
     labels = [axes.get_label() for axes in render_dashboard(history).axes]
     assert labels == ["accuracy", "loss", "weights:logits", "activations", "train_digits",
                       "test_digits"]
+
+
+def test_header_names_the_samples_and_the_whole_test_set(resumed_run):
+    history = copy.deepcopy(resumed_run["history"])
+    history["full_test_accuracy"] = [[history["steps"][-1], 0.9948]]
+    title = render_dashboard(history)._suptitle.get_text()
+    assert "on the plotted samples: test accuracy" in title and "(32 digits)" in title
+    assert "99.48% on the whole test set at the last epoch's end" in title
+
+
+def test_a_training_curve_at_100_percent_stays_inside_the_axes(resumed_run):
+    history = copy.deepcopy(resumed_run["history"])
+    history["train_accuracy"] = [1.0] * len(history["steps"])
+    figure = render_dashboard(history)
+    accuracy = next(axes for axes in figure.axes if axes.get_label() == "accuracy")
+    assert accuracy.get_ylim()[1] > 1.0
+
+
+def test_a_short_run_shows_its_whole_curves(resumed_run):
+    history = copy.deepcopy(resumed_run["history"])
+    keep = 4
+    truncate_history(history, history["steps"][keep - 1])
+    history["train_loss"][0] = max(history["train_loss"]) + 5.0  # a high first point
+    figure = render_dashboard(history)
+    loss = next(axes for axes in figure.axes if axes.get_label() == "loss")
+    assert loss.get_ylim()[1] >= history["train_loss"][0]

@@ -88,6 +88,9 @@ def test_a_run_directory_holds_what_the_run_left(tiny_mnist, tmp_path):
     assert history["seconds"][1] > history["seconds"][0] > 0
     assert json.loads((tmp_path / "config.json").read_text())["step"] == "4.1"
     assert (tmp_path / "dashboard.png").exists()
+    dashboard = json.loads((tmp_path / "dashboard.json").read_text())
+    assert [accuracy for _, accuracy in dashboard["full_test_accuracy"]] == pytest.approx(
+        history["val_accuracy"])
     assert list((tmp_path / "train").glob("events.out.tfevents.*"))
     assert not list(tmp_path.glob("*.tmp"))
 

@@ -106,6 +106,9 @@ class Dashboard(keras.callbacks.Callback):
         if self.history["steps"][-1] != step:
             self._record(step)
         self.history["epoch_end_steps"].append(step)
+        if logs and "val_accuracy" in logs:  # the whole test set, as fit evaluated it
+            self.history.setdefault("full_test_accuracy", []).append(
+                [step, float(np.squeeze(logs["val_accuracy"]))])
         self._save_history()
 
     def on_train_end(self, logs=None):
@@ -218,6 +221,8 @@ def truncate_history(history, last_step):
     for series in history["weights"] + history["activations"]:
         del series["percentiles"][kept:]
     history["epoch_end_steps"] = [step for step in history["epoch_end_steps"] if step <= last_step]
+    history["full_test_accuracy"] = [record for record in history.get("full_test_accuracy", [])
+                                     if record[0] <= last_step]
 
 
 def digits_record(images, labels, predictions, errors_first):
@@ -262,8 +267,9 @@ def render_dashboard(history, figure=None):
     steps = history["steps"]
     accuracy_axes = figure.add_subplot(grid[0, 0], label="accuracy")
     _plot_metric(accuracy_axes, history, "accuracy", PANEL_TITLES[0], "accuracy")
+    # No cap at 1.0: a training curve at 100% must stay visible above the axis edge.
     accuracy_axes.set_ylim(_zoomed_limits(
-        [history["train_accuracy"], history["test_accuracy"]], steps, upper=1.0))
+        [history["train_accuracy"], history["test_accuracy"]], steps))
     loss_axes = figure.add_subplot(grid[0, 1], label="loss")
     _plot_metric(loss_axes, history, "loss", PANEL_TITLES[1], "cross-entropy")
     loss_axes.set_ylim(_zoomed_limits(
@@ -278,11 +284,14 @@ def render_dashboard(history, figure=None):
     _plot_digits(figure.add_subplot(grid[1, 2], label="test_digits"), digits.get("test"),
                  PANEL_TITLES[5])
     if steps:
+        full = history.get("full_test_accuracy") or []
+        whole_test_set = (f"; {full[-1][1]:.2%} on the whole test set at the last epoch's "
+                          f"end (step {full[-1][0]})" if full else "")
         figure.suptitle(
-            f"step {steps[-1]}: test accuracy {history['test_accuracy'][-1]:.2%} on "
-            f"{history['sample_sizes']['test']} test digits, "
-            f"train {history['train_accuracy'][-1]:.2%} on "
-            f"{history['sample_sizes']['train']} training digits", fontsize=14)
+            f"step {steps[-1]}, on the plotted samples: test accuracy "
+            f"{history['test_accuracy'][-1]:.2%} ({history['sample_sizes']['test']} digits), "
+            f"train {history['train_accuracy'][-1]:.2%} "
+            f"({history['sample_sizes']['train']} digits){whole_test_set}", fontsize=14)
     figure.subplots_adjust(left=0.05, right=0.99, top=0.91, bottom=0.06)
     return figure
 
@@ -343,6 +352,9 @@ def _percentiles(values):
             np.percentile(np.asarray(values, dtype=np.float32), PERCENTILES)]
 
 
+SHORT_RUN_RECORDS = 10
+
+
 def _zoomed_limits(curves, steps, lower=None, upper=None):
     """Y limits fitted to the curves after the first tenth of training, like the codelab's zoom.
 
@@ -351,7 +363,9 @@ def _zoomed_limits(curves, steps, lower=None, upper=None):
     """
     if not steps:
         return (0.0 if lower is None else lower, 1.0 if upper is None else upper)
-    start = next(index for index, step in enumerate(steps) if step >= steps[-1] / 10)
+    # A short run (a few records) is shown whole: there is no settled part to zoom on.
+    start = 0 if len(steps) < SHORT_RUN_RECORDS else next(
+        index for index, step in enumerate(steps) if step >= steps[-1] / 10)
     settled = [value for curve in curves for value in curve[start:]]
     low, high = min(settled), max(settled)
     margin = max(0.1 * (high - low), 0.01)
