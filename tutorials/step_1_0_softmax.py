@@ -5,7 +5,9 @@
 # softmax turns the ten sums into probabilities. It is trained by plain gradient descent
 # on the cross-entropy.
 #
-# **Result:** the README's results table (codelab: 92.7%).
+# **Result** (seed 0, a 2-core CPU; the README's results table has the command and
+# time): 92.69% test accuracy at the best of 17 epochs, 92.51% after the last; the
+# codelab: 92.7%.
 #
 # Run it (`--help` lists every option; `tfbn run 1.0` runs this same file):
 #

@@ -4,7 +4,9 @@
 # **One idea from step 1.0:** depth. Four hidden layers of 200, 100, 60 and 30 sigmoid
 # neurons between the pixels and the softmax, and Adam instead of plain gradient descent.
 #
-# **Result:** the README's results table (codelab: 97.9%).
+# **Result** (seed 0, a 2-core CPU; the README's results table has the command and
+# time): 98.00% test accuracy at the best of 17 epochs, 97.81% after the last; the
+# codelab: 97.9%.
 #
 # Run it (`--help` lists every option; `tfbn run 2.0` runs this same file):
 #

@@ -4,7 +4,9 @@
 # **One idea from step 2.1:** dropout (rate 0.25, the codelab's keep probability 0.75)
 # after each hidden layer, to narrow the gap between the training and the test loss.
 #
-# **Result:** the README's results table (codelab: 98.2%).
+# **Result** (seed 0, a 2-core CPU; the README's results table has the command and
+# time): 98.07% test accuracy at the best of 17 epochs, 98.07% after the last; the
+# codelab: 98.2%.
 #
 # Run it (`--help` lists every option; `tfbn run 2.2` runs this same file):
 #

@@ -4,7 +4,9 @@
 # **One idea from step 2.1:** convolutions, which keep the image's 2D structure and share
 # their weights across it.
 #
-# **Result:** the README's results table (codelab: 98.9%).
+# **Result** (seed 0, a 2-core CPU; the README's results table has the command and
+# time): 99.01% test accuracy at the best of 17 epochs, 99.00% after the last; the
+# codelab: 98.9%.
 #
 # Run it (`--help` lists every option; `tfbn run 3.0` runs this same file):
 #

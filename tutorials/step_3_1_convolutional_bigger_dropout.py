@@ -4,7 +4,9 @@
 # **One idea from step 3.0:** more filters, and dropout on the dense layer, which the
 # bigger network needs.
 #
-# **Result:** the README's results table (codelab: 99.3%).
+# **Result** (seed 0, a 2-core CPU; the README's results table has the command and
+# time): 99.21% test accuracy at the best of 17 epochs, 99.20% after the last; the
+# codelab: 99.3%.
 #
 # Run it (`--help` lists every option; `tfbn run 3.1` runs this same file):
 #

@@ -4,7 +4,9 @@
 # **One idea from step 2.0:** batch normalization between each weighted sum and its
 # sigmoid, and the much higher learning rate it allows.
 #
-# **Result:** the README's results table (codelab: 98.1%).
+# **Result** (seed 0, a 2-core CPU; the README's results table has the command and
+# time): 98.28% test accuracy at the best of 17 epochs, 98.23% after the last; the
+# codelab: 98.1%.
 #
 # Run it (`--help` lists every option; `tfbn run 4.0` runs this same file):
 #
