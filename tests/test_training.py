@@ -81,6 +81,8 @@ def test_a_run_directory_holds_what_the_run_left(tiny_mnist, tmp_path):
     assert written == json.loads(json.dumps(metrics))
     assert set(written) >= {"test_accuracy", "best_test_accuracy", "test_loss", "epochs",
                             "steps", "seconds", "device", "bn", "versions"}
+    commit = written["versions"]["commit"]
+    assert commit is None or len(commit.split("+")[0]) == 40
     history = rundir.read_history(tmp_path / "history.csv")
     assert history["epoch"] == [0, 1]
     assert written["best_test_accuracy"] == pytest.approx(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -258,8 +259,28 @@ def _logdir_callbacks(logdir: Path, config: RunConfig, arrays, flat: bool) -> li
 
 
 def versions() -> dict:
+    """What produced a run's numbers: the library versions and tfbn's commit (when tfbn runs
+    from a git checkout, with "+changes" if it has uncommitted ones; else None)."""
+    import tfbn
+
     return {"python": platform.python_version(), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "numpy": np.__version__, "platform": sys.platform}
+            "keras": keras.__version__, "numpy": np.__version__, "platform": sys.platform,
+            "tfbn": tfbn.__version__, "commit": source_commit()}
+
+
+def source_commit() -> str | None:
+    checkout = Path(__file__).resolve().parent.parent
+    if not (checkout / ".git").exists():
+        return None
+    try:
+        commit = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(checkout), "status", "--porcelain",
+                                "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def describe_optimizer(optimizer: keras.optimizers.Optimizer) -> str:
