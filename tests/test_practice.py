@@ -196,3 +196,19 @@ def test_tfbn_diagnose_on_a_saved_model(tiny_mnist, tmp_path, monkeypatch, capsy
     printed = capsys.readouterr().out
     assert "| dense1_bn |" in printed and "accuracy: " in printed
     assert "are off" in printed  # fresh statistics (0 and 1) are far from the data's
+
+
+def test_recalibration_under_a_mirrored_strategy_sets_every_replica(two_replica_strategy):
+    with two_replica_strategy.scope():
+        model = small_model(tfbn.BatchNorm)
+    inputs = batches()
+    kernel, bias = model.get_layer("dense").get_weights()
+    with two_replica_strategy.scope():
+        practice.recalibrate_batchnorm(model, np.concatenate(inputs), batch_size=16)
+    expected = np.mean([(x @ kernel + bias).mean(axis=0) for x in inputs], axis=0)
+    moving_mean = model.get_layer("bn").moving_mean
+    replicas = [keras.ops.convert_to_numpy(value)
+                for value in two_replica_strategy.experimental_local_results(moving_mean.value)]
+    assert len(replicas) == 2
+    for value in replicas:
+        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)

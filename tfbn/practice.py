@@ -75,8 +75,9 @@ def recalibrate_batchnorm(model, data, steps: int | None = None, batch_size: int
     recalibrated too, and stay frozen.
 
     `data` is a tf.data dataset of inputs or of (inputs, labels[, weights]) batches, an array
-    of inputs, or an (inputs, labels) pair of arrays (batched by `batch_size`). The model
-    must run eagerly on one device: this is not distributed.
+    of inputs, or an (inputs, labels) pair of arrays (batched by `batch_size`). The forward
+    passes run eagerly on one device; under a `tf.distribute` strategy, call it in the
+    strategy's scope and every replica's copy of the statistics is set.
     """
     layers = batch_norm_layers(model)
     if not layers:
