@@ -212,3 +212,15 @@ def test_model_without_batch_norm_still_logs_digits_and_graph(tiny_mnist, tmp_pa
     assert plugin_tags(accumulator, "histograms") == set()
     assert plugin_tags(accumulator, "images") == {MISCLASSIFIED_TAG}
     assert accumulator.Tags()["graph"]
+
+
+def test_histograms_take_an_even_sample_of_large_tensors():
+    from tfbn.tensorboard import histogram_sample
+
+    values = np.arange(1000 * 7, dtype=np.float32).reshape(1000, 7)
+    sample = histogram_sample(values, limit=700)
+    assert 600 <= sample.size <= 700
+    assert np.all(np.diff(sample) == 10), "evenly strided through every position"
+    assert histogram_sample(values, limit=10_000).size == values.size
+    # the stride reaches every one of the 7 channels
+    assert set((sample.astype(int) % 7).tolist()) == set(range(7))

@@ -65,6 +65,9 @@ def batch_norm_layers(model):
     ]
 
 
+HISTOGRAM_VALUES = 200_000
+
+
 class BatchNormInspection(keras.callbacks.Callback):
     """Each epoch, logs BN input/output histograms and misclassified digits on a fixed batch.
 
@@ -116,8 +119,9 @@ class BatchNormInspection(keras.callbacks.Callback):
         predictions = outputs[-1].argmax(axis=-1)
         with self._writer.as_default(step=epoch):
             for index, name in enumerate(self._bn_names):
-                tf.summary.histogram(f"{name}/{BEFORE_TAG}", outputs[2 * index])
-                tf.summary.histogram(f"{name}/{AFTER_TAG}", outputs[2 * index + 1])
+                tf.summary.histogram(f"{name}/{BEFORE_TAG}", histogram_sample(outputs[2 * index]))
+                tf.summary.histogram(f"{name}/{AFTER_TAG}",
+                                     histogram_sample(outputs[2 * index + 1]))
             figure = render_misclassified(
                 self.sample_images,
                 self.sample_labels,
@@ -130,6 +134,21 @@ class BatchNormInspection(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self._writer.close()
+
+
+def histogram_sample(values: np.ndarray, limit: int = None) -> np.ndarray:
+    """At most `limit` of `values`, evenly strided through them (all channels and positions).
+
+    TensorBoard's histogram op one-hot encodes every value into its 30 buckets: the 18.8
+    million values of step 4.2's first BN layer on 1,000 digits took 2.3 GB per histogram
+    (a 3-step run of 4.2 peaked at 7.5 GB instead of 1.2). A strided sample of 200,000 values
+    draws the same histogram.
+    """
+    limit = HISTOGRAM_VALUES if limit is None else limit
+    flat = np.asarray(values).reshape(-1)
+    if flat.size <= limit:
+        return flat
+    return flat[::-(-flat.size // limit)]
 
 
 def training_forward_graph(model):
