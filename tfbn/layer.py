@@ -659,24 +659,22 @@ class BatchNorm(keras.layers.Layer):
         keep = None if mask is None else tf.expand_dims(mask, -1)
         update = bool(training) and self.trainable
 
-        if update and self.virtual_batch_size and keep is not None:
-            raise ValueError(
-                "`virtual_batch_size` (ghost batches) cannot leave masked steps out of "
-                "the statistics. Received: a mask in training"
-            )
-        if update and self.virtual_batch_size:
-            outputs, new_mean, new_variance = ghost_batch_norm(
-                inputs, gamma, beta, moving_mean, moving_variance,
-                virtual_batch_size=self.virtual_batch_size, axis=self.axis,
-                epsilon=self.epsilon, momentum=self._momentum(compute_dtype),
-            )
-            self.moving_mean.assign(new_mean)
-            self.moving_variance.assign(new_variance)
-        elif update and self.renorm:
+        if update and self.renorm:
             outputs = self._renormalize(inputs, keep, gamma, beta)
         else:
             momentum = self._momentum(compute_dtype) if update else self.momentum
-            if self._use_fused(inputs, keep, update):
+            if update and self.virtual_batch_size:
+                if keep is not None:
+                    raise ValueError(
+                        "`virtual_batch_size` (ghost batches) cannot leave masked steps "
+                        "out of the statistics. Received: a mask in training"
+                    )
+                outputs, new_mean, new_variance = ghost_batch_norm(
+                    inputs, gamma, beta, moving_mean, moving_variance,
+                    virtual_batch_size=self.virtual_batch_size, axis=self.axis,
+                    epsilon=self.epsilon, momentum=momentum,
+                )
+            elif self._use_fused(inputs, keep, update):
                 outputs, new_mean, new_variance = fused_batch_norm(
                     inputs, gamma, beta, moving_mean, moving_variance,
                     axis=self.axis, epsilon=self.epsilon, momentum=momentum,
