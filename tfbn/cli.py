@@ -80,7 +80,7 @@ def parse_run_options(step_name: str, defaults: run_config.RunConfig | None = No
     In a notebook (Jupyter's kernel has its own command line) the options come from the
     environment variable TFBN_OPTIONS instead, e.g. TFBN_OPTIONS="--epochs 1".
     """
-    if argv is None and _in_notebook():
+    if argv is None and in_notebook():
         argv = shlex.split(os.environ.get("TFBN_OPTIONS", ""))
     return _parse_options(f"Codelab step {step_name}: {steps.get(step_name).title}.",
                           defaults if defaults is not None else run_config.RunConfig(), argv)
@@ -90,7 +90,7 @@ def run_lesson(main, step_name: str, argv: list[str] | None = None) -> None:
     """A lesson script's `__main__`: its options parsed, `main(config)` run, and a user error
     printed as one line with exit code 2, as `tfbn run` does (in a notebook it is raised)."""
     config = parse_run_options(step_name, argv=argv)
-    if _in_notebook():
+    if in_notebook():
         main(config)
         return
 
@@ -103,7 +103,8 @@ def run_lesson(main, step_name: str, argv: list[str] | None = None) -> None:
         sys.exit(code)
 
 
-def _in_notebook() -> bool:
+def in_notebook() -> bool:
+    """Whether this runs in a Jupyter kernel, whose command line is not the user's."""
     return "ipykernel" in sys.modules
 
 

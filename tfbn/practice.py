@@ -60,6 +60,13 @@ class Recalibrated(NamedTuple):
         return float(max(np.max(ratio), 1 / max(np.min(ratio), 1e-12)))
 
 
+def statistics_table(layers: list[Recalibrated]) -> list[str]:
+    """The lines of a Markdown table: each layer's mean shift and variance ratio."""
+    return ["| BN layer | mean shift (sd) | variance ratio |", "| --- | --- | --- |"] + [
+        f"| {layer.name} | {layer.mean_shift:.3f} | {layer.variance_ratio:.3f} |"
+        for layer in layers]
+
+
 def recalibrate_batchnorm(model, data, steps: int | None = None, batch_size: int = 100
                           ) -> list[Recalibrated]:
     """Sets each BN layer's moving mean and variance to the average of its batch statistics
@@ -210,9 +217,8 @@ def recalibrate_run(run_dir, steps: int = 200, arrays=None) -> dict:
     from tfbn import data, rundir
 
     model, config = rundir.load_trained_model(run_dir)
-    flat = len(model.inputs[0].shape) == 2
-    train, test = data.mnist_datasets(config["batch_size"], flat=flat, seed=config["seed"],
-                                      arrays=arrays)
+    train, test = data.mnist_datasets(config["batch_size"], flat=data.takes_flat_images(model),
+                                      seed=config["seed"], arrays=arrays)
     before = model.evaluate(test, verbose=0, return_dict=True)
     layers = recalibrate_batchnorm(model, train, steps=steps)
     after = model.evaluate(test, verbose=0, return_dict=True)
@@ -223,9 +229,7 @@ def recalibrate_run(run_dir, steps: int = 200, arrays=None) -> dict:
 
 def describe_recalibration(result: dict) -> str:
     """The table `tfbn recalibrate` prints."""
-    lines = ["| BN layer | mean shift (sd) | variance ratio |", "| --- | --- | --- |"]
-    lines += [f"| {layer.name} | {layer.mean_shift:.3f} | {layer.variance_ratio:.3f} |"
-              for layer in result["layers"]]
+    lines = statistics_table(result["layers"])
     before, after = result["before"], result["after"]
     lines += ["", f"test accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}, "
                   f"test loss {before['loss']:.4f} -> {after['loss']:.4f}",
@@ -242,9 +246,7 @@ class Diagnosis(NamedTuple):
     recalibrated: dict | None
 
     def __str__(self) -> str:
-        lines = ["| BN layer | mean shift (sd) | variance ratio |", "| --- | --- | --- |"]
-        lines += [f"| {layer.name} | {layer.mean_shift:.3f} | {layer.variance_ratio:.3f} |"
-                  for layer in self.layers]
+        lines = statistics_table(self.layers)
         if self.moving is not None:
             lines.append("")
             for name in self.moving:
@@ -302,6 +304,5 @@ def diagnose_saved_model(path, steps: int | None = None, arrays=None) -> Diagnos
     from tfbn.saving import load_model
 
     model = load_model(path)
-    flat = len(model.inputs[0].shape) == 2
-    _, test = data.mnist_datasets(100, flat=flat, arrays=arrays)
+    _, test = data.mnist_datasets(100, flat=data.takes_flat_images(model), arrays=arrays)
     return diagnose_batchnorm(model, test, steps=steps)

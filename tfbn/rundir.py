@@ -120,31 +120,34 @@ class RunDirectory:
             if any(self._run_files()):
                 archived = self._archive()
                 print(f"--restart: what {self.path} held is archived in {archived}")
-            write_json_atomically(self.config_path, run)
-            return
-        previous = read_config(self.config_path)
-        if previous is not None:
-            differences = [f"{name} {previous.get(name)!r} -> {run[name]!r}"
-                           for name in run if name not in OPTIONS_OUTSIDE_THE_RUN
-                           and previous.get(name) != run[name]]
-            if differences:
+        else:
+            previous = read_config(self.config_path)
+            if previous is not None:
+                self._check_same_run(previous, run)
+                return
+            if any(self._run_files()):
                 raise RunDirectoryError(
-                    f"logdir {str(self.path)!r} holds a run with other options "
-                    f"({', '.join(differences)}); run it with its own options to resume or "
-                    f"see its result, add --restart to archive it and start over, or choose "
-                    f"another --logdir")
-            if self.metrics_path.exists():
-                self.previous_metrics = read_json(self.metrics_path)
-                print(f"{self.path} holds this run, finished: it is not trained again "
-                      f"(--restart archives it and starts over)")
-            elif self.backup_path.exists():
-                print(f"resuming the run in {self.path}")
-            return
-        elif any(self._run_files()):
-            raise RunDirectoryError(
-                f"logdir {str(self.path)!r} is not empty and holds no run (no config.json); "
-                f"choose a new or empty directory")
+                    f"logdir {str(self.path)!r} is not empty and holds no run (no "
+                    f"config.json); choose a new or empty directory")
         write_json_atomically(self.config_path, run)
+
+    def _check_same_run(self, previous: dict, run: dict) -> None:
+        """Refuses other options; notes a finished run's metrics, or says it resumes."""
+        differences = [f"{name} {previous.get(name)!r} -> {run[name]!r}"
+                       for name in run if name not in OPTIONS_OUTSIDE_THE_RUN
+                       and previous.get(name) != run[name]]
+        if differences:
+            raise RunDirectoryError(
+                f"logdir {str(self.path)!r} holds a run with other options "
+                f"({', '.join(differences)}); run it with its own options to resume or "
+                f"see its result, add --restart to archive it and start over, or choose "
+                f"another --logdir")
+        if self.metrics_path.exists():
+            self.previous_metrics = read_json(self.metrics_path)
+            print(f"{self.path} holds this run, finished: it is not trained again "
+                  f"(--restart archives it and starts over)")
+        elif self.backup_path.exists():
+            print(f"resuming the run in {self.path}")
 
     def _run_files(self):
         return (path for path in self.path.iterdir() if path.name not in (LOCK, ARCHIVE))

@@ -132,8 +132,8 @@ class Run:
             model.summary()
         callbacks = [self.clock, StopOnNaN()]
         if self.logdir is not None:
-            flat = len(model.inputs[0].shape) == 2
-            callbacks += _logdir_callbacks(self.logdir, self.config, self.arrays, flat)
+            callbacks += _logdir_callbacks(self.logdir, self.config, self.arrays,
+                                           data.takes_flat_images(model))
         elif self.worker_backup is not None:
             callbacks.append(keras.callbacks.BackupAndRestore(str(self.worker_backup)))
         return callbacks
@@ -142,19 +142,19 @@ class Run:
         """The run's metrics after `model.fit`; printed, and kept in `metrics.json`."""
         config = self.config
         epoch_logs = model.history.history
-        if epoch_logs.get("val_loss"):
-            # The last epoch's validation already evaluated these weights on the test set.
-            test_loss = float(np.squeeze(epoch_logs["val_loss"][-1]))
-            test_accuracy = float(np.squeeze(epoch_logs["val_accuracy"][-1]))
-        else:  # resumed after the last epoch had finished: nothing left to train
-            test_loss, test_accuracy = model.evaluate(self._test_dataset(model), verbose=0)
-        if self.rundir is not None and self.rundir.previous_metrics is not None \
-                and not epoch_logs.get("val_loss"):
-            previous = self.rundir.previous_metrics
+        trained = bool(epoch_logs.get("val_loss"))
+        if not trained and self.rundir is not None and self.rundir.previous_metrics is not None:
+            previous = self.rundir.previous_metrics  # a finished run: nothing was trained
             print(f"best test accuracy over the epochs: {previous['best_test_accuracy']:.4f}")
             print(f"test accuracy: {previous['test_accuracy']:.4f} (the finished run's, "
                   f"{self.rundir.metrics_path})")
             return previous
+        if trained:
+            # The last epoch's validation already evaluated these weights on the test set.
+            test_loss = float(np.squeeze(epoch_logs["val_loss"][-1]))
+            test_accuracy = float(np.squeeze(epoch_logs["val_accuracy"][-1]))
+        else:  # resumed after the last epoch had finished, its metrics never written
+            test_loss, test_accuracy = model.evaluate(self._test_dataset(model), verbose=0)
         history = self.rundir.history() if self.rundir is not None else None
         val_accuracies = (history["val_accuracy"] if history
                           else epoch_logs.get("val_accuracy", []))
@@ -189,8 +189,8 @@ class Run:
         return metrics
 
     def _test_dataset(self, model: keras.Model) -> tf.data.Dataset:
-        flat = len(model.inputs[0].shape) == 2
-        return data.mnist_datasets(self.config.batch_size, flat=flat, arrays=self.arrays)[1]
+        return data.mnist_datasets(self.config.batch_size, flat=data.takes_flat_images(model),
+                                   arrays=self.arrays)[1]
 
 
 def resolve_bn(step: steps.Step, bn: str | None) -> str:

@@ -29,13 +29,12 @@
 # %%
 import argparse
 import statistics
-import sys
 
 import tfbn  # first: tfbn quiets TensorFlow's start-up logs
 import keras
 import numpy as np
 
-from tfbn import data, steps
+from tfbn import cli, data, steps
 
 
 def compiled(model, optimizer):
@@ -170,5 +169,4 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="BN in practice: recalibrate, diagnose, "
                                                  "ghost batches, freeze")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    in_notebook = "ipykernel" in sys.modules  # Jupyter's kernel has its own command line
-    main(tuple(parser.parse_args([] if in_notebook else None).seeds))
+    main(tuple(parser.parse_args([] if cli.in_notebook() else None).seeds))
