@@ -66,3 +66,16 @@ def test_data_fetch_into_an_unusable_directory_is_one_line(tmp_path, monkeypatch
     error = capsys.readouterr().err.strip()
     assert error.startswith("tfbn: error: ") and "TFBN_DATA_DIR" in error
     assert len(error.splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["run", "4.1", "--debug", "--logdir", "{blocker}/run"],
+                                  ["--debug", "run", "4.1", "--logdir", "{blocker}/run"],
+                                  ["run", "4.1", "--logdir", "{blocker}/run"]])
+def test_debug_adds_the_traceback_to_the_one_line_error(argv, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert cli.main([part.format(blocker=blocker) for part in argv]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.splitlines()[-1].startswith("tfbn: error: cannot create logdir")
+    assert ("Traceback" in error) == ("--debug" in argv)
+    assert ("RunDirectoryError" in error) == ("--debug" in argv)

@@ -436,6 +436,78 @@ def test_training_order_changes_every_epoch_and_a_seed_repeats_it(tiny_mnist):
     np.testing.assert_array_equal(_epoch_labels(same_seed), second_epoch)
 
 
+def _distinct_images(count: int = 30):
+    """Training images that each carry their own index in pixel 0, to identify examples."""
+    images = np.zeros((count, 28, 28), np.uint8)
+    images[:, 0, 0] = np.arange(count)
+    labels = np.arange(count) % 10
+    return (images, labels), (images[:4], labels[:4])
+
+
+def _example_ids(dataset, batches=None):
+    ids = []
+    for index, (images, _) in enumerate(dataset):
+        if batches is not None and index == batches:
+            break
+        ids.append(np.rint(images.numpy().reshape(len(images), -1)[:, 0] * 255).astype(int))
+    return ids
+
+
+def test_an_epoch_order_visits_every_example_once_in_an_order_drawn_from_seed_and_epoch():
+    arrays = _distinct_images(30)
+    order = data.EpochOrder(seed=5)
+    train, _ = data.mnist_datasets(8, arrays=arrays, order=order)
+    assert train.cardinality() == 4  # Keras counts an epoch's steps from it
+    order.epoch.assign(3)
+    epoch_3 = np.concatenate(_example_ids(train))
+    order.epoch.assign(4)
+    epoch_4 = np.concatenate(_example_ids(train))
+    assert sorted(epoch_3) == list(range(30)) and sorted(epoch_4) == list(range(30))
+    assert not np.array_equal(epoch_3, epoch_4)
+
+    # A new pipeline (a resumed run) sees epoch 4 as the first one saw it; another seed does not.
+    again = data.EpochOrder(seed=5)
+    again.epoch.assign(4)
+    np.testing.assert_array_equal(
+        np.concatenate(_example_ids(data.mnist_datasets(8, arrays=arrays, order=again)[0])),
+        epoch_4)
+    other = data.EpochOrder(seed=6)
+    other.epoch.assign(4)
+    assert not np.array_equal(
+        np.concatenate(_example_ids(data.mnist_datasets(8, arrays=arrays, order=other)[0])),
+        epoch_4)
+
+
+def test_an_epoch_order_of_n_steps_streams_across_passes_and_starts_where_its_epoch_does():
+    arrays = _distinct_images(30)  # 4 batches of 8 per pass: the last one holds 6
+    order = data.EpochOrder(seed=1, steps_per_epoch=3)
+    train, _ = data.mnist_datasets(8, arrays=arrays, order=order)
+    stream = _example_ids(train, batches=12)  # epochs 0-3, three passes
+    assert [len(batch) for batch in stream] == [8, 8, 8, 6] * 3
+    assert sorted(np.concatenate(stream[4:8])) == list(range(30))
+
+    resumed = data.EpochOrder(seed=1, steps_per_epoch=3)
+    resumed.epoch.assign(2)  # batches 6, 7, ... of the stream
+    resumed_stream = _example_ids(data.mnist_datasets(8, arrays=arrays, order=resumed)[0], 6)
+    for expected, got in zip(stream[6:12], resumed_stream):
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_without_its_callback_an_epoch_order_takes_the_next_epoch_at_each_pass():
+    arrays = _distinct_images(30)
+    order = data.EpochOrder(seed=2)
+    train, _ = data.mnist_datasets(8, arrays=arrays, order=order)
+    first, second = np.concatenate(_example_ids(train)), np.concatenate(_example_ids(train))
+    assert not np.array_equal(first, second) and int(order.epoch.numpy()) == 2
+
+
+@pytest.mark.parametrize("seed, steps, named", [(-1, None, "seed"), (1.5, None, "seed"),
+                                                (0, 0, "steps_per_epoch")])
+def test_bad_epoch_orders_are_named(seed, steps, named):
+    with pytest.raises(ValueError, match=named):
+        data.EpochOrder(seed, steps)
+
+
 @pytest.mark.parametrize("bad", [0, -8, 2.5, True, "64"])
 def test_bad_batch_size_is_named(tiny_mnist, bad):
     with pytest.raises(ValueError, match="batch_size"):

@@ -159,3 +159,123 @@ def test_load_model_reads_a_saved_lesson_model_in_a_fresh_process(tmp_path):
                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("Bias ")
+
+
+# ---------------------------------------------------------------------------------------
+# Exact resume: a run killed anywhere and started again ends as the uninterrupted run.
+
+RESUMABLE = RunConfig(epochs=3, batch_size=16, verbose=0)  # step 2.2: dropout's masks too
+
+
+class Killed(BaseException):
+    """Stands for the process's death at a chosen point (a BaseException, as nothing catches)."""
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_mnist, tmp_path_factory):
+    results = {}
+    for steps in (None, 3):
+        logdir = tmp_path_factory.mktemp("uninterrupted")
+        config = RESUMABLE.replace(logdir=str(logdir), steps_per_epoch=steps)
+        results[steps] = training.train("2.2", config, arrays=tiny_mnist), logdir
+    return results
+
+
+def _kill_at(point: str, monkeypatch):
+    """Patches the run to die in its second epoch (epoch 1) at `point`."""
+    if point == "mid-epoch":
+        original = training.StopOnNaN.on_train_batch_end
+
+        def die_in_epoch_1(self, batch, logs=None):
+            original(self, batch, logs)
+            if int(self.model.optimizer.iterations.numpy()) == 6:
+                raise Killed
+        monkeypatch.setattr(training.StopOnNaN, "on_train_batch_end", die_in_epoch_1)
+    elif point == "weights saved, state not":
+        original = rundir.write_json_atomically
+
+        def die_before_state(path, content):
+            if path.name == rundir.STATE and content["epoch"] == 2:
+                raise Killed
+            original(path, content)
+        monkeypatch.setattr(rundir, "write_json_atomically", die_before_state)
+    elif point == "state saved, history row not":
+        original = rundir.EpochCheckpoint._write_history
+
+        def die_before_history(self):
+            if len(self.rows) == 2:
+                raise Killed
+            original(self)
+        monkeypatch.setattr(rundir.EpochCheckpoint, "_write_history", die_before_history)
+    elif point == "all saved, old weights not removed":
+        def die_before_cleanup(self, state):
+            if state is not None and state["epoch"] == 2:
+                raise Killed
+        monkeypatch.setattr(rundir.EpochCheckpoint, "_remove_other_weights", die_before_cleanup)
+
+
+def _without_seconds(history):
+    return {key: values for key, values in history.items() if key != "seconds"}
+
+
+@pytest.mark.parametrize("steps", [None, 3])
+@pytest.mark.parametrize("point", ["mid-epoch", "weights saved, state not",
+                                   "state saved, history row not",
+                                   "all saved, old weights not removed"])
+def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(
+        point, steps, uninterrupted, tiny_mnist, tmp_path):
+    expected, expected_logdir = uninterrupted[steps]
+    config = RESUMABLE.replace(logdir=str(tmp_path), steps_per_epoch=steps)
+    with pytest.MonkeyPatch.context() as patch:
+        _kill_at(point, patch)
+        with pytest.raises(Killed):
+            training.train("2.2", config, arrays=tiny_mnist)
+
+    resumed = training.train("2.2", config, arrays=tiny_mnist)
+    assert resumed["test_loss"] == expected["test_loss"]
+    assert resumed["test_accuracy"] == expected["test_accuracy"]
+    assert resumed["steps"] == expected["steps"]
+    history = rundir.read_history(tmp_path / "history.csv")
+    assert history["epoch"] == [0, 1, 2], "each epoch once"
+    assert _without_seconds(history) == _without_seconds(
+        rundir.read_history(expected_logdir / "history.csv"))
+    assert sorted(path.name for path in (tmp_path / "backup").iterdir()) == [
+        "epoch-0003.weights.h5", rundir.STATE]
+
+
+def test_a_kill_9_between_the_weights_and_the_state_loses_nothing(uninterrupted, tmp_path):
+    """A real SIGKILL, in a process of its own, at the worst point of the epoch's end."""
+    expected, _ = uninterrupted[None]
+    script = (
+        "import os, signal, sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from conftest import make_tiny_mnist\n"
+        "from tfbn import rundir, training\n"
+        "from tfbn.config import RunConfig\n"
+        "original = rundir.write_json_atomically\n"
+        "def write(path, content):\n"
+        "    if path.name == rundir.STATE and content['epoch'] == 2 and sys.argv[3] == 'kill':\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    original(path, content)\n"
+        "rundir.write_json_atomically = write\n"
+        "config = RunConfig(epochs=3, batch_size=16, verbose=0, logdir=sys.argv[1])\n"
+        "print(repr(training.train('2.2', config, arrays=make_tiny_mnist())['test_loss']))\n")
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, "-c", script, str(tmp_path), str(ROOT / "tests")]
+    killed = subprocess.run([*command, "kill"], capture_output=True, text=True, env=environment)
+    assert killed.returncode == -signal.SIGKILL
+    assert rundir.read_history(tmp_path / "history.csv")["epoch"] == [0]
+    resumed = subprocess.run([*command, "resume"], capture_output=True, text=True,
+                             env=environment)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming the run" in resumed.stdout
+    assert float(resumed.stdout.strip().splitlines()[-1]) == expected["test_loss"]
+    assert rundir.read_history(tmp_path / "history.csv")["epoch"] == [0, 1, 2]
+
+
+def test_an_unfinished_run_of_keras_backup_and_restore_is_refused(tmp_path):
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / rundir.LEGACY_WEIGHTS).write_bytes(b"")
+    (tmp_path / "config.json").write_text(json.dumps({"step": "4.1", **QUICK.to_dict()}))
+    with pytest.raises(rundir.RunDirectoryError, match="older tfbn.*--restart"):
+        rundir.RunDirectory(tmp_path, "4.1", QUICK.to_dict())

@@ -7,6 +7,9 @@
     tfbn compare RUN_DIR...        overlay runs' curves and tabulate their metrics
     tfbn recalibrate RUN_DIR       recompute a run's BN statistics, test metrics before/after
     tfbn diagnose MODEL.keras      how far a model's BN statistics are from the test data's
+
+A user error (a bad option or file, missing data) is one line on stderr and exit code 2 (1
+for missing data or a run stopped by a NaN loss); `--debug` prints its traceback too.
 """
 
 from __future__ import annotations
@@ -15,15 +18,25 @@ import argparse
 import os
 import shlex
 import sys
+import traceback
 
 from tfbn import config as run_config
 from tfbn import experiments, steps
 
 
+def _debug_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on a user error, print the traceback too")
+    return parent
+
+
 def build_parser() -> argparse.ArgumentParser:
+    debug = _debug_option()
     parser = argparse.ArgumentParser(
-        prog="tfbn", description="Batch normalization, taught by running it.")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+        prog="tfbn", description="Batch normalization, taught by running it.", parents=[debug])
+    commands = _Commands(parser.add_subparsers(dest="command", required=True,
+                                               metavar="COMMAND"), debug)
 
     commands.add_parser("list", help="list the codelab steps and the experiments")
 
@@ -33,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_config.add_arguments(run)
 
     experiment = commands.add_parser("experiment", help="run an experiment on a claim about BN")
-    names = experiment.add_subparsers(dest="experiment", required=True, metavar="NAME")
+    names = _Commands(experiment.add_subparsers(dest="experiment", required=True,
+                                                metavar="NAME"), debug)
     for name in experiments.NAMES:
         module = experiments.get(name)
         run_config.add_arguments(
@@ -73,6 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Commands:
+    """Subcommands that all take --debug (before or after their own options)."""
+
+    def __init__(self, subparsers, debug: argparse.ArgumentParser):
+        self.subparsers = subparsers
+        self.debug = debug
+
+    def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+        return self.subparsers.add_parser(name, parents=[self.debug], **kwargs)
+
+
 def parse_run_options(step_name: str, defaults: run_config.RunConfig | None = None,
                       argv: list[str] | None = None) -> run_config.RunConfig:
     """The options of `tfbn run`, for a tutorial script run as `python tutorials/<script>.py`.
@@ -89,6 +114,9 @@ def parse_run_options(step_name: str, defaults: run_config.RunConfig | None = No
 def run_lesson(main, step_name: str, argv: list[str] | None = None) -> None:
     """A lesson script's `__main__`: its options parsed, `main(config)` run, and a user error
     printed as one line with exit code 2, as `tfbn run` does (in a notebook it is raised)."""
+    if argv is None and not in_notebook():
+        argv = sys.argv[1:]
+    debug = argv is not None and "--debug" in argv
     config = parse_run_options(step_name, argv=argv)
     if in_notebook():
         main(config)
@@ -98,7 +126,7 @@ def run_lesson(main, step_name: str, argv: list[str] | None = None) -> None:
         main(config)
         return 0
 
-    code = _guarded(run)
+    code = _guarded(run, debug)
     if code:
         sys.exit(code)
 
@@ -115,7 +143,7 @@ def parse_experiment_options(name: str, defaults, argv: list[str] | None = None)
 
 def _parse_options(description: str, defaults, argv: list[str] | None):
     """Parses the options of a config dataclass; a bad value exits like argparse does (code 2)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, parents=[_debug_option()])
     run_config.add_arguments(parser, defaults)
     namespace = parser.parse_args(argv)
     try:
@@ -138,25 +166,29 @@ def list_steps() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
-    return _guarded(lambda: _dispatch(arguments))
+    return _guarded(lambda: _dispatch(arguments), getattr(arguments, "debug", False))
 
 
-def _guarded(command) -> int:
-    """Runs `command`; a user error becomes one line on stderr and an exit code."""
+def _guarded(command, debug: bool = False) -> int:
+    """Runs `command`; a user error becomes one line on stderr and an exit code (with its
+    traceback before it when `debug`)."""
     from tfbn.data import DataDirError, DataUnavailableError
     from tfbn.training import NotANumberError
+
+    def report(prefix: str, error: BaseException, code: int) -> int:
+        if debug:
+            traceback.print_exception(error)
+        print(f"tfbn: {prefix}: {error}", file=sys.stderr)
+        return code
 
     try:
         return command()
     except (ValueError, DataDirError) as error:
-        print(f"tfbn: error: {error}", file=sys.stderr)
-        return 2
+        return report("error", error, 2)
     except DataUnavailableError as error:
-        print(f"tfbn: error: {error}", file=sys.stderr)
-        return 1
+        return report("error", error, 1)
     except NotANumberError as error:
-        print(f"tfbn: stopped: {error}", file=sys.stderr)
-        return 1
+        return report("stopped", error, 1)
     except KeyboardInterrupt:
         print("\ninterrupted: run the same command again to resume from the last finished "
               "epoch (needs --logdir)", file=sys.stderr)

@@ -68,7 +68,7 @@ class Dashboard(keras.callbacks.Callback):
         self._predictions = None
 
     def on_train_begin(self, logs=None):
-        # Checkpoint restores (BackupAndRestore) run in on_train_begin too, possibly after
+        # Checkpoint restores (EpochCheckpoint) run in on_train_begin too, possibly after
         # this one, so the step is only trustworthy from the first epoch on.
         self._session_started = False
 

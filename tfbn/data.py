@@ -255,28 +255,67 @@ def takes_flat_images(model) -> bool:
     return len(model.inputs[0].shape) == 2
 
 
+class EpochOrder:
+    """The training set's order as a function of (seed, epoch) alone, so that a run resumed
+    at epoch e trains on the batches the uninterrupted run trained on.
+
+    Pass e over the data visits the examples in the permutation drawn from (seed, e) by
+    `tf.random.experimental.stateless_shuffle`. `epoch` is a `tf.Variable` holding the epoch
+    `model.fit` is in: `tfbn.training.EpochSeeds` sets it as each epoch begins (without it,
+    each new pass over the dataset takes the next epoch). `steps_per_epoch=None` makes an
+    epoch one pass over the data; `steps_per_epoch=N` makes it N batches, the data then
+    streaming on from pass to pass across epochs, as `model.fit(steps_per_epoch=N)` needs.
+    """
+
+    def __init__(self, seed: int, steps_per_epoch: int | None = None):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"EpochOrder: seed must be an integer >= 0, got {seed!r}")
+        if steps_per_epoch is not None:
+            _check_batch_size("steps_per_epoch", steps_per_epoch)
+        self.seed = int(seed)
+        self.steps_per_epoch = steps_per_epoch
+        with tf.init_scope(), tf.device("/cpu:0"):
+            self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+
+    def __repr__(self) -> str:
+        return f"EpochOrder(seed={self.seed}, steps_per_epoch={self.steps_per_epoch})"
+
+
 def mnist_datasets(batch_size: int = 100, *, flat: bool = False, dataset: str = "mnist",
                    seed: int | None = None, arrays: Splits | None = None,
                    test_batch_size: int | None = None,
                    data_dir: str | os.PathLike | None = None, repeat: bool = False,
+                   order: EpochOrder | None = None,
                    ) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """Returns (train, test) tf.data pipelines of (image, label) batches.
 
     Images are float32 in [0, 1], shaped (28, 28, 1), or (784,) when `flat`; labels are
-    int32 class indices. The training set is reshuffled every epoch; a `seed` makes that
-    sequence of orders reproducible. `arrays` replaces `load_mnist(dataset, data_dir)` with
+    int32 class indices. `arrays` replaces `load_mnist(dataset, data_dir)` with
     `((x_train, y_train), (x_test, y_test))` uint8 arrays of any size (tests pass tiny ones).
-    `test_batch_size` defaults to `batch_size`. `repeat` repeats the training set without
-    end, for `model.fit(..., steps_per_epoch=N)` with epochs shorter than the data.
+    `test_batch_size` defaults to `batch_size`.
+
+    The training set's order, one of:
+    - `order` (an `EpochOrder`): each epoch's order drawn from (seed, epoch), so a resumed
+      run continues exactly; the lessons use this (`run.order`);
+    - else tf.data's reshuffling every epoch, reproducible from the start with a `seed`
+      (but not resumable); `repeat` repeats the training set without end, for
+      `model.fit(..., steps_per_epoch=N)` with epochs shorter than the data.
     """
     _check_batch_size("batch_size", batch_size)
     test_batch_size = batch_size if test_batch_size is None else test_batch_size
     _check_batch_size("test_batch_size", test_batch_size)
+    if order is not None and (seed is not None or repeat):
+        raise ValueError("mnist_datasets: an `order` carries its own seed and steps per "
+                         "epoch; pass `order` without `seed` and `repeat`")
     if arrays is None:
         arrays = load_mnist(dataset, data_dir)
     (x_train, y_train), (x_test, y_test) = arrays
-    train = _pipeline(x_train, y_train, "train", flat=flat, batch_size=batch_size,
-                      shuffle=True, seed=seed)
+    if order is not None:
+        train = _ordered_pipeline(x_train, y_train, flat=flat, batch_size=batch_size,
+                                  order=order)
+    else:
+        train = _pipeline(x_train, y_train, "train", flat=flat, batch_size=batch_size,
+                          shuffle=True, seed=seed)
     if repeat:
         train = train.repeat()
     test = _pipeline(x_test, y_test, "test", flat=flat, batch_size=test_batch_size,
@@ -290,22 +329,64 @@ def mnist_datasets(batch_size: int = 100, *, flat: bool = False, dataset: str = 
 
 def _pipeline(images, labels, split: str, *, flat: bool, batch_size: int, shuffle: bool,
               seed: int | None) -> tf.data.Dataset:
+    images, labels = _checked_split(images, labels, split)
+    image_shape = (-1,) if flat else (*images.shape[1:], 1)
+
+    def normalize(image, label):
+        return tf.reshape(tf.cast(image, tf.float32) / 255.0, image_shape), label
+
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    dataset = dataset.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    if shuffle:
+        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _ordered_pipeline(images, labels, *, flat: bool, batch_size: int,
+                      order: EpochOrder) -> tf.data.Dataset:
+    """The training batches of `order`: the dataset reads `order.epoch` when it is iterated
+    (when an epoch begins) and starts where that epoch starts."""
+    images, labels = _checked_split(images, labels, "train")
+    count = len(images)
+    batches_per_pass = -(-count // batch_size)
+    steps_per_epoch = order.steps_per_epoch
+    images = tf.constant(images)  # uint8: gathered, then converted, a batch at a time
+    labels = tf.constant(labels)
+    seed = tf.constant(order.seed, tf.int64)
+    batch_shape = (-1, images.shape[1] * images.shape[2]) if flat else (-1, *images.shape[1:], 1)
+
+    def batches_of_pass(pass_index):
+        permutation = tf.random.experimental.stateless_shuffle(
+            tf.range(count, dtype=tf.int64), seed=tf.stack([seed, pass_index]))
+        return tf.data.Dataset.from_tensor_slices(permutation).batch(batch_size)
+
+    def batches_from_current_epoch(_):
+        epoch = order.epoch.assign_add(1) - 1  # without EpochSeeds, the next pass each time
+        if steps_per_epoch is None:
+            return batches_of_pass(epoch)
+        first_batch = epoch * steps_per_epoch
+        passes = tf.data.Dataset.range(first_batch // batches_per_pass, np.iinfo(np.int64).max)
+        return passes.flat_map(batches_of_pass).skip(first_batch % batches_per_pass)
+
+    def gather(indices):
+        batch = tf.cast(tf.gather(images, indices), tf.float32) / 255.0
+        return tf.reshape(batch, batch_shape), tf.gather(labels, indices)
+
+    dataset = tf.data.Dataset.range(1).flat_map(batches_from_current_epoch)
+    # flat_map hides the length that Keras needs to count an epoch's steps.
+    length = batches_per_pass if steps_per_epoch is None else tf.data.INFINITE_CARDINALITY
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(length))
+    return dataset.map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+def _checked_split(images, labels, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels)
     _check_images(images, f"arrays ({split} images)")
     if labels.shape != (len(images),):
         raise ValueError(f"arrays: {split} labels must have shape ({len(images)},) to match "
                          f"the images, got {labels.shape}")
-    image_shape = (-1,) if flat else (*images.shape[1:], 1)
-
-    def normalize(image, label):
-        return tf.reshape(tf.cast(image, tf.float32) / 255.0, image_shape), label
-
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
-    dataset = dataset.map(normalize, num_parallel_calls=tf.data.AUTOTUNE).cache()
-    if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return images, labels.astype(np.int32)
 
 
 def _check_batch_size(name: str, value) -> None:

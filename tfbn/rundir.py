@@ -1,9 +1,11 @@
 """A run directory (`--logdir`): its layout, its one configuration, its lock, safe writes.
 
     config.json     the step and the options the run was started with: one run per directory
-    history.csv     one row per finished epoch (Keras CSVLogger, appended on resume)
-    backup/         Keras BackupAndRestore state: a killed run resumes from its last finished
-                    epoch, and a finished run keeps its final state (so nothing is retrained)
+    history.csv     one row per finished epoch, rewritten whole from backup/state.json
+    backup/         what a killed run resumes from: state.json (the epochs finished, their
+                    history rows, the weights file of the last) and that weights file (model
+                    and optimizer); a finished run keeps its final state, so nothing is
+                    retrained (`EpochCheckpoint`)
     metrics.json    the final metrics, written once training has finished
     run.lock        locked (fcntl) by the process training into the directory; the OS
                     releases it when that process ends, however it ends
@@ -26,16 +28,21 @@ import csv
 import datetime
 import errno
 import fcntl
+import io
 import json
 import os
+import shutil
 from pathlib import Path
 
+import keras
 import numpy as np
 
 # Options that change how a run is watched or exported, not what it computes.
 OPTIONS_OUTSIDE_THE_RUN = ("logdir", "verbose", "live", "export", "restart")
 ARCHIVE = "archive"
 LOCK = "run.lock"
+STATE = "state.json"
+LEGACY_WEIGHTS = "latest.weights.h5"  # Keras BackupAndRestore's, before tfbn 0.x's own
 
 
 class RunDirectoryError(ValueError):
@@ -80,6 +87,10 @@ class RunDirectory:
 
     def history(self) -> dict[str, list[float]] | None:
         return read_history(self.history_path)
+
+    def checkpoint(self) -> "EpochCheckpoint":
+        """The callback that keeps `backup/` and `history.csv` (see `EpochCheckpoint`)."""
+        return EpochCheckpoint(self.backup_path, self.history_path)
 
     def write_metrics(self, metrics: dict) -> None:
         write_json_atomically(self.metrics_path, metrics)
@@ -146,8 +157,13 @@ class RunDirectory:
             self.previous_metrics = read_json(self.metrics_path)
             print(f"{self.path} holds this run, finished: it is not trained again "
                   f"(--restart archives it and starts over)")
-        elif self.backup_path.exists():
+        elif (self.backup_path / STATE).exists():
             print(f"resuming the run in {self.path}")
+        elif (self.backup_path / LEGACY_WEIGHTS).exists():
+            raise RunDirectoryError(
+                f"logdir {str(self.path)!r} holds an unfinished run of an older tfbn "
+                f"(Keras BackupAndRestore's backup), which cannot resume exactly; add "
+                f"--restart to archive it and start over")
 
     def _run_files(self):
         return (path for path in self.path.iterdir() if path.name not in (LOCK, ARCHIVE))
@@ -198,8 +214,15 @@ def read_history(path: Path) -> dict[str, list[float]] | None:
 def write_json_atomically(path: Path, content: dict) -> None:
     """Writes `content` to a temporary file beside `path`, then renames it over `path`, so a
     reader (or a kill) never sees half a file."""
+    _write_text_atomically(path, json.dumps(content, indent=2) + "\n")
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
+    with open(temporary, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(temporary, path)
 
 
@@ -213,10 +236,10 @@ def load_trained_model(path: Path):
     config = read_config(path / "config.json")
     if config is None:
         raise RunDirectoryError(f"{str(path)!r} holds no run (no config.json)")
-    weights = path / "backup" / "latest.weights.h5"
-    if not weights.exists():
-        raise RunDirectoryError(f"{str(path)!r} keeps no trained weights ({weights} is "
-                                f"missing: the run has not finished an epoch)")
+    weights = trained_weights(path / "backup")
+    if weights is None:
+        raise RunDirectoryError(f"{str(path)!r} keeps no trained weights (no "
+                                f"{path / 'backup' / STATE}: the run has not finished an epoch)")
     step = steps.get(config["step"])
     lesson = step.module()
     bn = resolve_bn(step, config.get("bn"))
@@ -226,3 +249,98 @@ def load_trained_model(path: Path):
     model.optimizer.build(model.trainable_variables)
     model.load_weights(weights)
     return model, config
+
+
+def trained_weights(backup: Path) -> Path | None:
+    """The weights file of the last finished epoch in `backup/`, or None before the first."""
+    state = _read_state(Path(backup))
+    if state is not None:
+        return Path(backup) / state["weights"]
+    legacy = Path(backup) / LEGACY_WEIGHTS
+    return legacy if legacy.exists() else None
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """Keeps a run resumable with no epoch lost or repeated, whenever the process is killed.
+
+    At each epoch's end, in this order: the weights (model and optimizer) go to a new file,
+    `epoch-NNNN.weights.h5`; `state.json` is replaced atomically by one naming that file and
+    holding every finished epoch's history row; `history.csv` is rewritten from it; older
+    weights files are removed. `state.json` is the one commit point: a kill before it leaves
+    the previous epoch's state whole, a kill after it leaves nothing to redo. At the start of
+    `fit` the state is restored and `fit` goes on from the epoch after it (as Keras's
+    `BackupAndRestore` does, through `model._initial_epoch`), and `history.csv` is rewritten
+    from it, so it never holds a row of an epoch that must be redone.
+
+    Put it after the callbacks that add to an epoch's logs (it records what they added).
+    A non-chief worker passes `history_path=None` (no history) and `keep_when_finished=False`
+    (its state is removed once `fit` has finished, as `BackupAndRestore` does by default).
+    """
+
+    def __init__(self, backup: Path, history_path: Path | None = None,
+                 keep_when_finished: bool = True):
+        super().__init__()
+        self.backup = Path(backup)
+        self.history_path = history_path
+        self.keep_when_finished = keep_when_finished
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, logs=None):
+        state = _read_state(self.backup)
+        self.rows = state["history"] if state is not None else []
+        if state is not None:
+            if not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.backup / state["weights"])
+            self.model._initial_epoch = state["epoch"]  # what BackupAndRestore sets
+        self._write_history()
+        self._remove_other_weights(state)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.backup.mkdir(parents=True, exist_ok=True)
+        weights = f"epoch-{epoch + 1:04d}.weights.h5"
+        self.model.save_weights(self.backup / weights, overwrite=True)
+        row = {"epoch": epoch, **{key: _number(value) for key, value in (logs or {}).items()}}
+        self.rows = [*self.rows, row]
+        state = {"epoch": epoch + 1, "weights": weights, "history": self.rows}
+        write_json_atomically(self.backup / STATE, state)
+        self._write_history()
+        self._remove_other_weights(state)
+
+    def on_train_end(self, logs=None):
+        if not self.keep_when_finished:
+            shutil.rmtree(self.backup, ignore_errors=True)
+
+    def _write_history(self) -> None:
+        if self.history_path is None:
+            return
+        if not self.rows:
+            self.history_path.unlink(missing_ok=True)
+            return
+        keys = ["epoch", *sorted({key for row in self.rows for key in row} - {"epoch"})]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        _write_text_atomically(self.history_path, text.getvalue())
+
+    def _remove_other_weights(self, state: dict | None) -> None:
+        keep = state["weights"] if state is not None else None
+        for path in self.backup.glob("epoch-*.weights.h5"):
+            if path.name != keep:
+                path.unlink()
+
+
+def _read_state(backup: Path) -> dict | None:
+    path = backup / STATE
+    if not path.exists():
+        return None
+    state = read_json(path)
+    if not {"epoch", "weights", "history"} <= state.keys():
+        raise RunDirectoryError(f"{path} is not a tfbn backup state (it lacks "
+                                f"epoch, weights or history); move it aside or use --restart")
+    return state
+
+
+def _number(value) -> float:
+    return float(np.squeeze(keras.ops.convert_to_numpy(value)))

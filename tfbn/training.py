@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from tfbn import data, devices, steps
 from tfbn.config import RunConfig
-from tfbn.rundir import RunDirectory
+from tfbn.rundir import EpochCheckpoint, RunDirectory
 
 INSPECTION_SAMPLE_SIZE = 1000
 
@@ -95,6 +95,8 @@ class Run:
         print(f"global batch size: {config.batch_size} "
               f"({config.batch_size / replicas:g} per replica)")
         self.arrays = arrays if arrays is not None else data.load_mnist()
+        # Created outside the strategy's scope: one variable the input pipeline reads.
+        self.order = data.EpochOrder(config.seed, config.steps_per_epoch)
         self.clock = RunClock(self.rundir.history() if self.rundir is not None else None)
         self._scopes = contextlib.ExitStack()
 
@@ -117,8 +119,10 @@ class Run:
             self.rundir.close()
 
     def callbacks(self, model: keras.Model) -> list[keras.callbacks.Callback]:
-        """The callbacks for `model.fit`: the run's clock, and with a run directory Keras's
-        CSVLogger, TensorBoard and BackupAndRestore (resume) and the codelab's dashboard.
+        """The callbacks for `model.fit`: the run's clock, the NaN stop, `EpochSeeds` (each
+        epoch's data order and dropout masks from (seed, epoch)), and with a run directory
+        TensorBoard, the codelab's dashboard and the `EpochCheckpoint` that resumes a killed
+        run exactly (and writes `history.csv`).
 
         It also readies the compiled `model` for the strategy: BN statistics synchronized
         over the replicas, and the multi-worker workaround of `devices`.
@@ -130,12 +134,13 @@ class Run:
         print(f"optimizer: {describe_optimizer(model.optimizer)}")
         if self.config.verbose:
             model.summary()
-        callbacks = [self.clock, StopOnNaN()]
-        if self.logdir is not None:
+        callbacks = [self.clock, StopOnNaN(), EpochSeeds(self.order)]
+        if self.rundir is not None:
             callbacks += _logdir_callbacks(self.logdir, self.config, self.arrays,
                                            data.takes_flat_images(model))
+            callbacks.append(self.rundir.checkpoint())  # last: it keeps what the others logged
         elif self.worker_backup is not None:
-            callbacks.append(keras.callbacks.BackupAndRestore(str(self.worker_backup)))
+            callbacks.append(EpochCheckpoint(self.worker_backup, keep_when_finished=False))
         return callbacks
 
     def finish(self, model: keras.Model) -> dict:
@@ -223,6 +228,28 @@ class RunClock(keras.callbacks.Callback):
                 self.model.optimizer.learning_rate))
 
 
+class EpochSeeds(keras.callbacks.Callback):
+    """Makes each epoch's randomness a function of (seed, epoch) alone, so that a run resumed
+    at epoch e draws what the uninterrupted run drew: it sets `order.epoch` (the data order,
+    see `data.EpochOrder`) and every Keras random-seed state in the model (dropout's masks)
+    to `[its initial seed, e * 2**32]` as the epoch begins. (Keras keeps those states out of
+    saved weights, so a resumed run would otherwise redraw the first epoch's masks.)"""
+
+    def __init__(self, order: data.EpochOrder):
+        super().__init__()
+        self.order = order
+
+    def on_train_begin(self, logs=None):
+        self._seed_states = [(state, int(keras.ops.convert_to_numpy(state)[0]))
+                             for state in self.model.variables
+                             if state.name == "seed_generator_state"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.order.epoch.assign(epoch)
+        for state, seed in self._seed_states:
+            state.assign(np.array([seed, epoch * 2**32], dtype=state.dtype))
+
+
 class NotANumberError(RuntimeError):
     """Training reached a loss that is not a number."""
 
@@ -249,12 +276,9 @@ def _logdir_callbacks(logdir: Path, config: RunConfig, arrays, flat: bool) -> li
     train_images = data.normalize_images(x_train[sample], flat=flat)
     test_images = data.normalize_images(x_test[sample], flat=flat)
     return [
-        keras.callbacks.CSVLogger(str(logdir / "history.csv"), append=True),
         *tensorboard_callbacks(str(logdir), test_images, y_test[sample]),
         Dashboard(str(logdir), train_images, y_train[sample], test_images, y_test[sample],
                   live=config.live),
-        # Kept at the end, so that the same command on a finished run trains nothing.
-        keras.callbacks.BackupAndRestore(str(logdir / "backup"), delete_checkpoint=False),
     ]
 
 

@@ -40,7 +40,7 @@ EPOCHS = 17  # the codelab's 10,000 iterations of batch 100 (10,000 x 100 / 60,0
 #
 # `data.mnist_datasets` gives the 60,000 training and 10,000 test digits as tf.data
 # pipelines: pixels scaled to [0, 1], each image flattened to a vector of 784 (this network
-# sees no 2D structure), the training set reshuffled every epoch, batches of 100.
+# sees no 2D structure), the training set in a new order every epoch, batches of 100.
 
 # %% [markdown]
 # ## The model
@@ -84,10 +84,11 @@ def make_optimizer(learning_rate_scale: float = 1.0) -> keras.optimizers.Optimiz
 # `training.Run` is the bookkeeping every step shares: it seeds every random generator
 # (`--seed`), picks the device, the `tf.distribute` strategy and the precision (its `with`
 # block is their scope), and opens the run directory (`--logdir`): a new run, or the same
-# run resumed. `run.callbacks` are Keras's `CSVLogger`, `TensorBoard` and `BackupAndRestore`
-# (a killed run resumes from its last finished epoch) and the codelab's dashboard;
-# `run.finish` prints and saves the test metrics. After every epoch `fit` evaluates the
-# 10,000 test digits.
+# run resumed. `run.order` draws each epoch's order of the training digits from (seed,
+# epoch) alone. `run.callbacks` are TensorBoard's, the codelab's dashboard and a checkpoint
+# after every epoch: a killed run, started again, resumes where it stopped and ends with the
+# numbers it would have had. `run.finish` prints and saves the test metrics. After every
+# epoch `fit` evaluates the 10,000 test digits.
 
 
 # %%
@@ -95,8 +96,7 @@ def main(config: RunConfig = RunConfig(), datasets=None) -> dict:
     """Trains this step as `config` says; `datasets` replaces MNIST (tests pass tiny arrays)."""
     with training.Run(STEP, config, arrays=datasets) as run:
         train_data, test_data = data.mnist_datasets(
-            config.batch_size, flat=True, seed=config.seed, arrays=run.arrays,
-            repeat=config.steps_per_epoch is not None)
+            config.batch_size, flat=True, order=run.order, arrays=run.arrays)
         model = build_model()
         model.compile(optimizer=make_optimizer(config.learning_rate_scale),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"],
