@@ -104,53 +104,6 @@ def normalize(x, mean, variance, gamma, beta, *, axis=-1, epsilon=1e-3):
     )
 
 
-def _normalize_training(x, gamma, beta, *, axis=-1, epsilon=1e-3):
-    """`normalize` with this batch's statistics, and their closed-form gradient.
-
-    Same numbers as `batch_norm(..., training=True)`, but the backward pass of
-    the standardization is the closed form that Ioffe & Szegedy's derivatives
-    (2015, section 3) simplify to
-
-        dx = (g - mean(g) - x_hat * mean(g * x_hat)) / sqrt(variance + epsilon)
-
-    with `g` the gradient reaching `x_hat` and means over the batch axes,
-    instead of autodiff through `tf.nn.moments`: on CPU that is about half the
-    ops (the 4.1 dense net's train step: 164 instead of 304 in its BN scopes).
-    Gamma and beta stay with autodiff; the statistics returned for the moving
-    averages also keep their own (autodiff) gradient.
-
-    Returns:
-        `(outputs, mean, variance)`, the statistics of shape `[x.shape[axis]]`.
-    """
-    rank = x.shape.rank
-    reduction_axes = [i for i in range(rank) if i != axis % rank]
-    mean, variance = tf.nn.moments(x, reduction_axes, keepdims=True)
-
-    @tf.custom_gradient
-    def standardize(x):
-        inverse_stddev = tf.math.rsqrt(variance + epsilon)
-        x_hat = (x - mean) * inverse_stddev
-
-        def gradient(upstream):
-            def batch_mean(t):
-                return tf.reduce_mean(t, reduction_axes, keepdims=True)
-
-            return inverse_stddev * (
-                upstream - batch_mean(upstream) - x_hat * batch_mean(upstream * x_hat)
-            )
-
-        return x_hat, gradient
-
-    outputs = standardize(x)
-    if axis % rank != rank - 1:
-        gamma, beta = (None if t is None else _broadcastable(t, rank, axis) for t in (gamma, beta))
-    if gamma is not None:
-        outputs = outputs * gamma
-    if beta is not None:
-        outputs = outputs + beta
-    return outputs, tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
-
-
 def moving_average(average, value, momentum):
     """The Keras update: momentum weights the old value."""
     return average * momentum + value * (1.0 - momentum)
@@ -306,9 +259,15 @@ def fused_batch_norm(
         )[0]
         return tf.reshape(outputs, tf.shape(x)), moving_mean, moving_variance
 
+    # The kernel's one-pass variance loses digits when the mean is large against the spread
+    # (a float32 E[x^2] - E[x]^2). Normalizing x - c instead, with c the first example's
+    # per-channel mean (a constant to autodiff), changes no result in exact arithmetic and
+    # keeps the kernel's error at the built-in layer's (see tests/test_layer.py).
+    reduce_axes = [1, 2] if data_format == "NHWC" else [2, 3]
+    shift = tf.stop_gradient(tf.reduce_mean(x_4d[:1], axis=[0, *reduce_axes]))
     no_statistics = tf.zeros([0], tf.float32)
     outputs, mean, corrected_variance, *_ = tf.raw_ops.FusedBatchNormV3(
-        x=x_4d,
+        x=x_4d - _broadcastable(shift, 4, 3 if data_format == "NHWC" else 1),
         scale=scale,
         offset=offset,
         mean=no_statistics,
@@ -322,6 +281,7 @@ def fused_batch_norm(
     # variance follows the biased one, as Keras's does.
     count = tf.cast(tf.size(x, out_type=tf.int64) // channels, tf.float32)
     variance = corrected_variance * (tf.maximum(count - 1.0, 1.0) / count)
+    mean = mean + shift
     return (
         tf.reshape(outputs, tf.shape(x)),
         moving_average(moving_mean, mean, momentum),
@@ -442,9 +402,7 @@ class BatchNorm(keras.layers.Layer):
       statistics); "auto" takes "fused" for 4-D inputs with features on axis
       1 or -1 when it applies (epsilon >= 1.001e-5, float32 compute), where it
       is faster, and "moments" elsewhere: on CPU the fused kernel has a fixed
-      cost per call that dense-sized tensors do not repay. There "auto" trains
-      (without mask or synchronized statistics) with the same numbers but a
-      closed-form gradient, fewer ops than autodiff through `tf.nn.moments`.
+      cost per call that dense-sized tensors do not repay.
 
     Example:
 
@@ -680,12 +638,6 @@ class BatchNorm(keras.layers.Layer):
                     axis=self.axis, epsilon=self.epsilon, momentum=momentum,
                     training=update,
                 )
-            elif self._use_closed_form_gradient(keep, update):
-                outputs, mean, variance = _normalize_training(
-                    inputs, gamma, beta, axis=self.axis, epsilon=self.epsilon
-                )
-                new_mean = moving_average(moving_mean, mean, momentum)
-                new_variance = moving_average(moving_variance, variance, momentum)
             else:
                 outputs, new_mean, new_variance = batch_norm(
                     inputs, gamma, beta, moving_mean, moving_variance,
@@ -729,15 +681,6 @@ class BatchNorm(keras.layers.Layer):
             and self.axis % rank in (1, 3)
             and inputs.dtype == tf.float32
             and self.epsilon >= FUSED_MIN_EPSILON
-        )
-
-    def _use_closed_form_gradient(self, keep, update):
-        """Whether "auto" trains with `_normalize_training` (plain batch statistics)."""
-        return (
-            self.implementation == "auto"
-            and update
-            and keep is None
-            and not self.synchronized
         )
 
     def _renormalize(self, inputs, keep, gamma, beta):
