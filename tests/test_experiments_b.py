@@ -63,9 +63,6 @@ def test_dropout_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
     assert_same_order_for_all(first_epoch_orders, runs=2)
     assert metrics["train_size"] == 48 and metrics["evaluation_size"] == 16
     for result in metrics["variants"].values():
-        assert result["accuracy_gap"] == pytest.approx(
-            result["train_accuracy"] - result["test_accuracy"])
-        assert result["loss_gap"] == pytest.approx(result["test_loss"] - result["train_loss"])
         assert len(result["sampled_test_accuracy_per_epoch"]) == 2
         assert 0 <= result["test_accuracy"] <= 1 and np.isfinite(result["test_loss"])
     written = read_outputs(tmp_path)
@@ -229,8 +226,6 @@ def test_d2l_lenet_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
     for result in networks.values():
         assert len(result["test_accuracy_per_epoch"]) == 2
         assert result["test_accuracy"] == result["test_accuracy_per_epoch"][-1]
-        assert result["difference_from_d2l"] == pytest.approx(
-            result["test_accuracy"] - result["d2l_test_accuracy"])
     assert networks["none"]["test_accuracy_recalibrated"] is None
     for name in ("scratch", "builtin"):
         assert 0.0 <= networks[name]["test_accuracy_recalibrated"] <= 1.0

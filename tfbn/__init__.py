@@ -1,19 +1,39 @@
-"""tfbn: Batch Normalization for TensorFlow/Keras, taught by running it."""
+"""tfbn: Batch Normalization for TensorFlow/Keras, taught by running it.
 
-from tfbn.quiet import import_tensorflow
+`import tfbn` imports neither TensorFlow nor Keras: the names below load their module
+when first used, so the `tfbn` command answers `--help` at once. Whenever TensorFlow is
+imported afterwards, its start-up logs stay quiet (`tfbn.quiet`), and once Keras is loaded
+tfbn's layers are registered with it, so `keras.saving.load_model` finds them.
+"""
 
-import_tensorflow()  # before anything imports TensorFlow loudly (see tfbn.quiet)
+import importlib
 
-# isort: split
-
-from tfbn.fold import FoldResult, export_inference_model, fold_batchnorm
-from tfbn.layer import BatchNorm, batch_norm
-from tfbn.practice import (convert_batchnorm, diagnose_batchnorm, freeze_batchnorm,
-                           recalibrate_batchnorm, unfreeze_batchnorm)
-from tfbn.saving import load_model
+from tfbn import quiet, saving
 
 __version__ = "0.1.0"
 
-__all__ = ["BatchNorm", "batch_norm", "fold_batchnorm", "export_inference_model",
-           "FoldResult", "load_model", "recalibrate_batchnorm", "freeze_batchnorm",
-           "unfreeze_batchnorm", "convert_batchnorm", "diagnose_batchnorm", "__version__"]
+_EXPORTS = {
+    "BatchNorm": "tfbn.layer", "batch_norm": "tfbn.layer",
+    "fold_batchnorm": "tfbn.fold", "export_inference_model": "tfbn.fold",
+    "FoldResult": "tfbn.fold",
+    "recalibrate_batchnorm": "tfbn.practice", "freeze_batchnorm": "tfbn.practice",
+    "unfreeze_batchnorm": "tfbn.practice", "convert_batchnorm": "tfbn.practice",
+    "diagnose_batchnorm": "tfbn.practice",
+    "load_model": "tfbn.saving",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+quiet.on_import(after_keras=saving.register_classes)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'tfbn' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    saving.register_classes()
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_EXPORTS})

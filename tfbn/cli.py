@@ -45,14 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("step", metavar="STEP", help=f"one of: {', '.join(steps.STEPS)}")
     run_config.add_arguments(run)
 
-    experiment = commands.add_parser("experiment", help="run an experiment on a claim about BN")
-    names = _Commands(experiment.add_subparsers(dest="experiment", required=True,
-                                                metavar="NAME"), debug)
-    for name in experiments.NAMES:
-        module = experiments.get(name)
-        run_config.add_arguments(
-            names.add_parser(name, help=module.TITLE, description=module.TITLE),
-            defaults=module.Config())
+    # An experiment's options come from its module (which imports TensorFlow), so they are
+    # parsed once the experiment is known: `tfbn experiment NAME --help` lists them.
+    experiment = commands.add_parser(
+        "experiment", help="run an experiment on a claim about BN",
+        description="Run an experiment on a claim about BN; `tfbn experiment NAME --help` "
+                    "lists its options.",
+        epilog="experiments:\n" + "\n".join(f"  {name:<20} {title}"
+                                            for name, title in experiments.TITLES.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    experiment.add_argument("experiment", metavar="NAME", choices=experiments.NAMES,
+                            help=f"one of: {', '.join(experiments.NAMES)}")
+    experiment.add_argument("options", nargs=argparse.REMAINDER,
+                            help="the experiment's options")
 
     data_parser = commands.add_parser("data", help="MNIST: fetch into the cache, or show it")
     data_parser.add_argument("action", choices=("fetch", "info"))
@@ -136,14 +141,17 @@ def in_notebook() -> bool:
     return "ipykernel" in sys.modules
 
 
-def parse_experiment_options(name: str, defaults, argv: list[str] | None = None):
+def parse_experiment_options(name: str, defaults, argv: list[str] | None = None,
+                             prog: str | None = None):
     """The options of `tfbn experiment NAME`, for `python tutorials/experiment_<name>.py`."""
-    return _parse_options(experiments.get(name).TITLE, defaults, argv)
+    return _parse_options(experiments.TITLES[name], defaults, argv, prog)
 
 
-def _parse_options(description: str, defaults, argv: list[str] | None):
+def _parse_options(description: str, defaults, argv: list[str] | None,
+                   prog: str | None = None):
     """Parses the options of a config dataclass; a bad value exits like argparse does (code 2)."""
-    parser = argparse.ArgumentParser(description=description, parents=[_debug_option()])
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     parents=[_debug_option()])
     run_config.add_arguments(parser, defaults)
     namespace = parser.parse_args(argv)
     try:
@@ -156,10 +164,10 @@ def list_steps() -> str:
     lines = ["codelab steps (tfbn run STEP):"]
     for step in steps.STEPS.values():
         lines.append(f"  {step.name}  {step.title}  "
-                     f"[{step.module().EPOCHS} epochs; codelab: {step.codelab_accuracy:.1%}]")
+                     f"[{step.epochs()} epochs; codelab: {step.codelab_accuracy:.1%}]")
     lines.append("experiments (tfbn experiment NAME):")
-    for name in experiments.NAMES:
-        lines.append(f"  {name:<20} {experiments.get(name).TITLE}")
+    for name, title in experiments.TITLES.items():
+        lines.append(f"  {name:<20} {title}")
     return "\n".join(lines)
 
 
@@ -172,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
 def _guarded(command, debug: bool = False) -> int:
     """Runs `command`; a user error becomes one line on stderr and an exit code (with its
     traceback before it when `debug`)."""
-    from tfbn.data import DataDirError, DataUnavailableError
-    from tfbn.training import NotANumberError
+    from tfbn.errors import DataDirError, DataUnavailableError, NotANumberError
 
     def report(prefix: str, error: BaseException, code: int) -> int:
         if debug:
@@ -205,7 +212,10 @@ def _dispatch(arguments: argparse.Namespace) -> int:
         return 0
     if arguments.command == "experiment":
         module = experiments.get(arguments.experiment)
-        module.run(run_config.from_arguments(arguments, module.Config))
+        config = parse_experiment_options(arguments.experiment, module.Config(),
+                                          arguments.options,
+                                          prog=f"tfbn experiment {arguments.experiment}")
+        module.run(config)
         return 0
     if arguments.command == "data":
         from tfbn import data

@@ -8,10 +8,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from tfbn.files import save_figure_atomically
 from tfbn.rundir import read_history, read_json
 
 REQUIRED_METRICS = ("step", "bn", "test_accuracy", "best_test_accuracy", "test_loss",
@@ -46,9 +46,7 @@ def compare_runs(run_dirs, output_png, allow_mixed_steps=False):
     output_png = Path(output_png)
     output_png.parent.mkdir(parents=True, exist_ok=True)
     figure = render_comparison(runs)
-    temporary = output_png.with_name(output_png.name + ".tmp")
-    FigureCanvasAgg(figure).print_figure(str(temporary), format="png")
-    os.replace(temporary, output_png)
+    save_figure_atomically(figure, output_png)
     return markdown_table(runs)
 
 

@@ -15,14 +15,14 @@ history. `save_dashboard(load_history(json_path), png_path)` redraws the figure 
 """
 
 import json
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from tfbn.files import save_figure_atomically, write_json_atomically
 
 HISTORY_FILE = "dashboard.json"
 FIGURE_FILE = "dashboard.png"
@@ -180,9 +180,7 @@ class Dashboard(keras.callbacks.Callback):
     def _save_history(self):
         self._update_digits()
         self.logdir.mkdir(parents=True, exist_ok=True)
-        temporary = self.history_path.with_name(self.history_path.name + ".tmp")
-        temporary.write_text(json.dumps(self.history, separators=(",", ":")))
-        os.replace(temporary, self.history_path)
+        write_json_atomically(self.history_path, self.history, compact=True)
 
 
 def new_history(train_sample_size, test_sample_size):
@@ -247,9 +245,7 @@ def save_dashboard(history, path):
     """Renders `history` (from `Dashboard` or `load_history`) into the PNG file `path`."""
     path = Path(path)
     figure = render_dashboard(history)
-    temporary = path.with_name(path.name + ".tmp")
-    FigureCanvasAgg(figure).print_figure(str(temporary), format="png")
-    os.replace(temporary, path)
+    save_figure_atomically(figure, path)
     return figure
 
 

@@ -28,7 +28,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
 import subprocess
@@ -47,6 +46,9 @@ from typing import Callable
 
 import numpy as np
 import tensorflow as tf
+
+from tfbn.errors import DataDirError, DataUnavailableError
+from tfbn.files import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -130,20 +132,6 @@ _FACTS = {
         },
     ),
 }
-
-
-class DataUnavailableError(RuntimeError):
-    """No source gave a verified copy; `attempts` lists (source, why it failed) in order."""
-
-    def __init__(self, dataset: str, attempts: list[tuple[str, str]]):
-        self.dataset = dataset
-        self.attempts = attempts
-        tried = "\n".join(f"  - {source}: {reason}" for source, reason in attempts)
-        super().__init__(f"no source could provide a verified copy of {dataset}; tried:\n{tried}")
-
-
-class DataDirError(OSError):
-    """The data directory cannot be created or written."""
 
 
 class _SourceFailed(Exception):
@@ -506,28 +494,12 @@ def _read_npz(path: Path) -> Splits:
 
 def _write_cache(path: Path, splits: Splits, *, source: str, origin: str) -> None:
     (x_train, y_train), (x_test, y_test) = splits
-    _write_atomically(path, lambda file: np.savez(
+    write_atomically(path, lambda file: np.savez(
         file, x_train=x_train, y_train=y_train, x_test=x_test, y_test=y_test))
     record = {"source": source, "origin": origin,
               "fetched": datetime.datetime.now().isoformat(timespec="seconds")}
-    _write_atomically(path.with_suffix(".json"),
+    write_atomically(path.with_suffix(".json"),
                       lambda file: file.write(json.dumps(record, indent=2).encode()))
-
-
-def _write_atomically(path: Path, write: Callable) -> None:
-    """Writes through a temporary file in the same directory, so readers never see half a file."""
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open rather than mkstemp: the cache keeps the umask's permissions, not mkstemp's 0600.
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _describe_cached_origin(path: Path) -> str:

@@ -21,15 +21,13 @@ model, the names of the BN layers folded away, and (name, reason) for each BN
 layer that stayed. The original model is not modified.
 """
 
+import functools
 import os
 from collections import Counter
 from typing import NamedTuple
 
 import keras
 import numpy as np
-
-# Keras exposes no public name for the class of `keras.Model(inputs, outputs)`.
-from keras.src.models.functional import Functional
 
 from tfbn.layer import BATCH_NORM_TYPES
 
@@ -248,8 +246,15 @@ def export_inference_model(model, directory, verbose=True):
     return result
 
 
+@functools.cache
+def _functional_class() -> type:
+    """The class `keras.Model(inputs, outputs)` makes (Keras does not export it)."""
+    inputs = keras.Input((1,))
+    return type(keras.Model(inputs, inputs))
+
+
 def _check_rebuildable(model):
-    if type(model) not in (keras.Sequential, Functional):
+    if type(model) not in (keras.Sequential, _functional_class()):
         raise ValueError(
             "fold_batchnorm needs a Sequential or functional keras model, whose "
             "graph it can rebuild; got model of type "

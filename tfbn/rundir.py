@@ -37,6 +37,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tfbn.files import write_json_atomically, write_text_atomically
+
 # Options that change how a run is watched or exported, not what it computes.
 OPTIONS_OUTSIDE_THE_RUN = ("logdir", "verbose", "live", "export", "restart")
 ARCHIVE = "archive"
@@ -211,21 +213,6 @@ def read_history(path: Path) -> dict[str, list[float]] | None:
     return columns
 
 
-def write_json_atomically(path: Path, content: dict) -> None:
-    """Writes `content` to a temporary file beside `path`, then renames it over `path`, so a
-    reader (or a kill) never sees half a file."""
-    _write_text_atomically(path, json.dumps(content, indent=2) + "\n")
-
-
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def load_trained_model(path: Path):
     """The model a run directory's run trained, with its final (or last finished epoch's)
     weights from `backup/`, compiled as the lesson compiles it; and the run's config."""
@@ -322,7 +309,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         writer = csv.DictWriter(text, fieldnames=keys, lineterminator="\n")
         writer.writeheader()
         writer.writerows(self.rows)
-        _write_text_atomically(self.history_path, text.getvalue())
+        write_text_atomically(self.history_path, text.getvalue())
 
     def _remove_other_weights(self, state: dict | None) -> None:
         keep = state["weights"] if state is not None else None

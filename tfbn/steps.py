@@ -7,8 +7,11 @@ that module and calls its `main`, so the file a learner reads is the code that r
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
+import importlib.util
+from pathlib import Path
 from types import ModuleType
 
 
@@ -23,6 +26,16 @@ class Step:
     def module(self) -> ModuleType:
         """The step's lesson script, `tutorials/<script>.py`, as a module."""
         return importlib.import_module(f"tfbn.tutorials.{self.script}")
+
+    def epochs(self) -> int:
+        """The lesson's `EPOCHS`, read from its source: no TensorFlow import (`tfbn list`)."""
+        spec = importlib.util.find_spec(f"tfbn.tutorials.{self.script}")
+        tree = ast.parse(Path(spec.origin).read_text())
+        for node in tree.body:
+            if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                    and getattr(node.targets[0], "id", None) == "EPOCHS"):
+                return ast.literal_eval(node.value)
+        raise LookupError(f"{spec.origin} sets no EPOCHS")
 
 
 STEPS = {

@@ -19,6 +19,7 @@ import tensorflow as tf
 
 from tfbn import data, devices, steps
 from tfbn.config import RunConfig
+from tfbn.errors import NotANumberError
 from tfbn.rundir import EpochCheckpoint, RunDirectory
 
 INSPECTION_SAMPLE_SIZE = 1000
@@ -248,10 +249,6 @@ class EpochSeeds(keras.callbacks.Callback):
         self.order.epoch.assign(epoch)
         for state, seed in self._seed_states:
             state.assign(np.array([seed, epoch * 2**32], dtype=state.dtype))
-
-
-class NotANumberError(RuntimeError):
-    """Training reached a loss that is not a number."""
 
 
 class StopOnNaN(keras.callbacks.Callback):

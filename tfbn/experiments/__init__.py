@@ -1,7 +1,7 @@
 """Experiments that put the claims made about batch norm to the test.
 
 Each experiment is a module here with
-    TITLE      one line for `tfbn list`
+    TITLE      one line for `tfbn list`: `TITLES[name]`, from this registry
     Config     a dataclass of its options (a short default; the full setting as options),
                with an `outdir` field and a `seed` field
     run(config, arrays=None) -> dict
@@ -15,15 +15,25 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-NAMES = (
-    "paper_figure",
-    "vanishing_gradients",
-    "learning_rates",
-    "dropout",
-    "weight_decay",
-    "moving_averages",
-    "d2l_lenet",
-)
+# Each experiment's one line, for `tfbn list` and its module's TITLE (kept here, so that
+# listing them imports no TensorFlow).
+TITLES = {
+    "paper_figure":
+        "the BN paper's Figure 1: 3x100 sigmoid net, accuracy and one sigmoid's input",
+    "vanishing_gradients":
+        "vanishing gradients: per-layer gradient norms of the 5-layer sigmoid net, +/- BN",
+    "learning_rates":
+        "higher learning rates: a learning-rate sweep of the 5-layer sigmoid net, +/- BN",
+    "dropout":
+        "dropout vs batch norm on the conv net: test accuracy and the train/test gap",
+    "weight_decay":
+        "L2 weight decay with batch norm: the usual strength vs one fifth of it",
+    "moving_averages":
+        "moving averages at inference: population stats, batch of one, debiasing, momentum",
+    "d2l_lenet":
+        "cross-check with d2l.ai: BN LeNet (sigmoid) on Fashion-MNIST, scratch vs built-in vs none",
+}
+NAMES = tuple(TITLES)
 
 
 def get(name: str) -> ModuleType:

@@ -7,16 +7,15 @@ import time
 from pathlib import Path
 
 import keras
-import matplotlib
 import numpy as np
+# A Figure made without pyplot draws with Agg when saved: no backend is chosen at import,
+# so `--live` can still open a window.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-
-from tfbn import data  # noqa: E402
-from tfbn.config import option  # noqa: E402
-from tfbn.rundir import write_json_atomically  # noqa: E402
-from tfbn.training import versions  # noqa: E402
+from tfbn import data
+from tfbn.config import option
+from tfbn.rundir import write_json_atomically
+from tfbn.training import versions
 
 
 # The Config fields most experiments share, so that they mean and read the same everywhere.

@@ -39,12 +39,13 @@ import numpy as np
 from tfbn import data
 from tfbn.config import (
     check_fields, check_positive, check_positive_integers, check_verbose, option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     dataset_arrays, outdir_field, save_results, seed_field, verbose_field)
 from tfbn.layer import BatchNorm
 from tfbn.practice import recalibrate_batchnorm
 
-TITLE = "cross-check with d2l.ai: BN LeNet (sigmoid) on Fashion-MNIST, scratch vs built-in vs none"
+TITLE = TITLES["d2l_lenet"]
 
 DATASET = "fashion_mnist"
 D2L_EPOCHS = 10

@@ -51,13 +51,14 @@ import numpy as np
 from tfbn import models, steps
 from tfbn.config import (
     check_fields, check_fraction, check_positive_integers, check_verbose, option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, bn_momentum_field, dataset_field,
     evaluation_size_field, outdir_field, prepare_training_subset, save_results, seed_field,
     verbose_field)
 from tfbn.schedules import DecayToFloor
 
-TITLE = "dropout vs batch norm on the conv net: test accuracy and the train/test gap"
+TITLE = TITLES["dropout"]
 
 DENSE_UNITS = 200
 EVALUATION_BATCH_SIZE = 500

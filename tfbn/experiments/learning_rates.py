@@ -33,11 +33,12 @@ import numpy as np
 from tfbn import data, steps
 from tfbn.config import (
     check_fields, check_divides, check_positive_integers, check_verbose, option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, make_optimizer,
     outdir_field, save_results, seed_field, verbose_field)
 
-TITLE = "higher learning rates: a learning-rate sweep of the 5-layer sigmoid net, +/- BN"
+TITLE = TITLES["learning_rates"]
 
 ARCHITECTURES = {"none": "2.0", "bn": "4.0"}
 EVALUATION_BATCH_SIZE = 1000

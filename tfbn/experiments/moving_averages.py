@@ -47,11 +47,12 @@ import tensorflow as tf
 from tfbn import data, models, steps
 from tfbn.config import (
     check_fields, check_divides, check_positive_integers, check_verbose, option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, call_in_training_mode, dataset_arrays, dataset_field, fit_in_records,
     outdir_field, RecordEveryEpoch, save_results, seed_field, verbose_field)
 
-TITLE = "moving averages at inference: population stats, batch of one, debiasing, momentum"
+TITLE = TITLES["moving_averages"]
 
 EVALUATION_BATCH_SIZE = 1000
 BATCH_SIZES = (1, 4, 16, 64, 256, 1000)

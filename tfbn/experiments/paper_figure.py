@@ -35,11 +35,12 @@ from tfbn import data, models
 from tfbn.config import (
     check_fields, check_divides, check_positive, check_positive_integers, check_verbose,
     option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, call_in_training_mode, dataset_arrays, dataset_field,
     fit_in_records, outdir_field, RecordEveryEpoch, save_results, seed_field, verbose_field)
 
-TITLE = "the BN paper's Figure 1: 3x100 sigmoid net, accuracy and one sigmoid's input"
+TITLE = TITLES["paper_figure"]
 
 HIDDEN_UNITS = (100, 100, 100)
 PERCENTILES = (15, 50, 85)

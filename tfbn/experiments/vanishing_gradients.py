@@ -33,12 +33,13 @@ from tfbn import data, steps
 from tfbn.config import (
     check_fields, check_divides, check_positive, check_positive_integers, check_verbose,
     option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, call_in_training_mode, dataset_arrays, dataset_field,
     fit_in_records, make_optimizer, outdir_field, RecordEveryEpoch, save_results, seed_field,
     verbose_field)
 
-TITLE = "vanishing gradients: per-layer gradient norms of the 5-layer sigmoid net, +/- BN"
+TITLE = TITLES["vanishing_gradients"]
 
 ARCHITECTURES = {"none": "2.0", "bn": "4.0"}
 EVALUATION_BATCH_SIZE = 1000

@@ -39,16 +39,17 @@ import time
 import keras
 import numpy as np
 
-from tfbn import models, steps
+from tfbn import models
 from tfbn.config import (
     check_fields, check_fraction, check_positive, check_positive_integers, check_verbose,
     option)
+from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, bn_momentum_field, dataset_field,
     evaluation_size_field, outdir_field, prepare_training_subset, save_results, seed_field,
     verbose_field)
 
-TITLE = "L2 weight decay with batch norm: the usual strength vs one fifth of it"
+TITLE = TITLES["weight_decay"]
 
 EVALUATION_BATCH_SIZE = 500
 MOMENTUM = 0.9
