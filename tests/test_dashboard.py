@@ -13,12 +13,12 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from tfbn.digits import digit_mosaic
 from tfbn.dashboard import (
     FIGURE_FILE,
     HISTORY_FILE,
     PANEL_TITLES,
     Dashboard,
-    digit_mosaic,
     load_history,
     render_dashboard,
     save_dashboard,

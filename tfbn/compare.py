@@ -1,7 +1,7 @@
 """Comparing finished runs: test curves overlaid in one figure, final metrics in a table.
 
 A run directory is what `tfbn run --logdir DIR` leaves: `metrics.json` (final metrics) and
-`history.csv` (one row per epoch, Keras's CSVLogger; `val_*` columns are the test set).
+`history.csv` (one row per epoch; `val_*` columns are the test set); `tfbn.rundir` owns both.
 """
 
 import os
@@ -12,13 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tfbn.files import save_figure_atomically
-from tfbn.rundir import read_history, read_json
+from tfbn.rundir import read_finished_run
 
-REQUIRED_METRICS = ("step", "bn", "test_accuracy", "best_test_accuracy", "test_loss",
-                    "epochs", "steps", "seconds", "device")
-NUMERIC_METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "epochs", "steps",
-                   "seconds")
-REQUIRED_COLUMNS = ("epoch", "val_accuracy", "val_loss")
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
@@ -74,29 +69,7 @@ def load_runs(run_dirs, allow_mixed_steps=False):
 def load_run(directory):
     """The run saved in `directory`; ValueError if it is not a finished run."""
     directory = Path(directory)
-    metrics_path = directory / "metrics.json"
-    history_path = directory / "history.csv"
-    if not directory.is_dir():
-        raise ValueError(f"run directory {str(directory)!r} is not a directory")
-    if not metrics_path.is_file():
-        raise ValueError(f"{str(directory)!r} is not a finished run: it has no metrics.json "
-                         f"(a run directory is made by `tfbn run --logdir DIR`)")
-    metrics = read_json(metrics_path)
-    missing = [key for key in REQUIRED_METRICS if key not in metrics]
-    if missing:
-        raise ValueError(f"{str(metrics_path)!r} lacks {', '.join(missing)}")
-    not_numbers = [f"{key}={metrics[key]!r}" for key in NUMERIC_METRICS
-                   if isinstance(metrics[key], bool)
-                   or not isinstance(metrics[key], (int, float))]
-    if not_numbers:
-        raise ValueError(f"{str(metrics_path)!r} holds values that are not numbers: "
-                         f"{', '.join(not_numbers)}")
-    if not history_path.is_file():
-        raise ValueError(f"{str(directory)!r} has metrics.json but no history.csv")
-    history = read_history(history_path)
-    missing = [column for column in REQUIRED_COLUMNS if column not in (history or {})]
-    if missing:
-        raise ValueError(f"{str(history_path)!r} lacks the column(s) {', '.join(missing)}")
+    metrics, history = read_finished_run(directory)
     epochs = [int(epoch) + 1 for epoch in history["epoch"]]
     return Run(directory, metrics, epochs, history["val_accuracy"], history["val_loss"])
 

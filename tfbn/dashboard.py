@@ -23,15 +23,16 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from tfbn.files import save_figure_atomically, write_json_atomically
+from tfbn.digits import DIGIT_SIDE, digit_mosaic, ink, tile_corner
+from tfbn.rundir import DASHBOARD
 
-HISTORY_FILE = "dashboard.json"
+HISTORY_FILE = DASHBOARD
 FIGURE_FILE = "dashboard.png"
 HISTORY_FORMAT = "tfbn-dashboard/1"
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
 ACTIVATION_SAMPLE_SIZE = 100
 DIGITS_SHOWN = 100
 DIGIT_COLUMNS = 10
-DIGIT_SIDE = 28
 PANEL_TITLES = (
     "Accuracy",
     "Cross-entropy loss",
@@ -228,9 +229,7 @@ def digits_record(images, labels, predictions, errors_first):
     wrong = predictions != labels
     order = np.argsort(~wrong, kind="stable") if errors_first else np.arange(len(labels))
     shown = order[:DIGITS_SHOWN]
-    pixels = images.reshape(len(images), -1)
-    low, high = pixels.min(), pixels.max()
-    shown_pixels = np.round(255 * (pixels[shown] - low) / max(high - low, 1e-12)).astype(int)
+    shown_pixels = np.round(255 * ink(images)[shown]).astype(int).reshape(len(shown), -1)
     return {
         "images": shown_pixels.tolist(),
         "labels": labels[shown].tolist(),
@@ -446,26 +445,12 @@ def _plot_digits(axes, record, title):
     labels = np.asarray(record["labels"])
     predictions = np.asarray(record["predictions"])
     wrong = predictions != labels
-    axes.imshow(digit_mosaic(images / 255.0, wrong), interpolation="nearest")
-    cell = DIGIT_SIDE + 2
+    axes.imshow(digit_mosaic(images / 255.0, wrong, DIGIT_COLUMNS), interpolation="nearest")
     for position in np.flatnonzero(wrong):
-        row, column = divmod(position, DIGIT_COLUMNS)
-        axes.text(column * cell + 2, row * cell + 2, str(predictions[position]),
+        axes.text(*tile_corner(position, DIGIT_COLUMNS), str(predictions[position]),
                   color="darkred", fontsize=8, fontweight="bold", ha="left", va="top")
     shown = f"{len(labels)}, wrong first" if record["errors_first"] else f"first {len(labels)}"
     axes.set_title(f"{title}: {record['misclassified']} of {record['sample_size']} "
                    f"misclassified\n({shown}; red: wrong, corner: predicted)")
 
 
-def digit_mosaic(images, wrong, columns=DIGIT_COLUMNS):
-    """An RGB grid of digits (ink in [0, 1]): black on white, or on light red when wrong."""
-    cell = DIGIT_SIDE + 2
-    rows = -(-len(images) // columns)
-    mosaic = np.full((rows * cell, columns * cell, 3), 0.8)
-    for position, (ink, is_wrong) in enumerate(zip(images, wrong)):
-        background = np.array([1.0, 0.72, 0.72]) if is_wrong else np.ones(3)
-        tile = background * (1.0 - ink[..., None])
-        row, column = divmod(position, columns)
-        mosaic[row * cell + 1:row * cell + 1 + DIGIT_SIDE,
-               column * cell + 1:column * cell + 1 + DIGIT_SIDE] = tile
-    return mosaic

@@ -41,10 +41,22 @@ from tfbn.files import write_json_atomically, write_text_atomically
 
 # Options that change how a run is watched or exported, not what it computes.
 OPTIONS_OUTSIDE_THE_RUN = ("logdir", "verbose", "live", "export", "restart")
+CONFIG = "config.json"
+HISTORY = "history.csv"
+METRICS = "metrics.json"
+BACKUP = "backup"
+DASHBOARD = "dashboard.json"  # its format: tfbn.dashboard
 ARCHIVE = "archive"
 LOCK = "run.lock"
-STATE = "state.json"
-LEGACY_WEIGHTS = "latest.weights.h5"  # Keras BackupAndRestore's, before tfbn 0.x's own
+STATE = "state.json"  # in backup/
+LEGACY_WEIGHTS = "latest.weights.h5"  # Keras BackupAndRestore's, which tfbn used before
+
+# What metrics.json must hold for a run to be read back (`tfbn compare`), and history.csv.
+REQUIRED_METRICS = ("step", "bn", "test_accuracy", "best_test_accuracy", "test_loss",
+                    "epochs", "steps", "seconds", "device")
+NUMERIC_METRICS = ("test_accuracy", "best_test_accuracy", "test_loss", "epochs", "steps",
+                   "seconds")
+REQUIRED_COLUMNS = ("epoch", "val_accuracy", "val_loss")
 
 
 class RunDirectoryError(ValueError):
@@ -73,19 +85,19 @@ class RunDirectory:
 
     @property
     def config_path(self) -> Path:
-        return self.path / "config.json"
+        return self.path / CONFIG
 
     @property
     def history_path(self) -> Path:
-        return self.path / "history.csv"
+        return self.path / HISTORY
 
     @property
     def metrics_path(self) -> Path:
-        return self.path / "metrics.json"
+        return self.path / METRICS
 
     @property
     def backup_path(self) -> Path:
-        return self.path / "backup"
+        return self.path / BACKUP
 
     def history(self) -> dict[str, list[float]] | None:
         return read_history(self.history_path)
@@ -191,6 +203,35 @@ def read_json(path: Path) -> dict:
     return content
 
 
+def read_finished_run(directory: Path) -> tuple[dict, dict[str, list[float]]]:
+    """(metrics, history) of the finished run in `directory`, checked against the schema
+    above; a ValueError naming the file otherwise."""
+    directory = Path(directory)
+    metrics_path, history_path = directory / METRICS, directory / HISTORY
+    if not directory.is_dir():
+        raise ValueError(f"run directory {str(directory)!r} is not a directory")
+    if not metrics_path.is_file():
+        raise ValueError(f"{str(directory)!r} is not a finished run: it has no {METRICS} "
+                         f"(a run directory is made by `tfbn run --logdir DIR`)")
+    metrics = read_json(metrics_path)
+    missing = [key for key in REQUIRED_METRICS if key not in metrics]
+    if missing:
+        raise ValueError(f"{str(metrics_path)!r} lacks {', '.join(missing)}")
+    not_numbers = [f"{key}={metrics[key]!r}" for key in NUMERIC_METRICS
+                   if isinstance(metrics[key], bool)
+                   or not isinstance(metrics[key], (int, float))]
+    if not_numbers:
+        raise ValueError(f"{str(metrics_path)!r} holds values that are not numbers: "
+                         f"{', '.join(not_numbers)}")
+    if not history_path.is_file():
+        raise ValueError(f"{str(directory)!r} has {METRICS} but no {HISTORY}")
+    history = read_history(history_path)
+    missing = [column for column in REQUIRED_COLUMNS if column not in (history or {})]
+    if missing:
+        raise ValueError(f"{str(history_path)!r} lacks the column(s) {', '.join(missing)}")
+    return metrics, history
+
+
 def read_config(path: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
@@ -220,13 +261,13 @@ def load_trained_model(path: Path):
     from tfbn.training import resolve_bn
 
     path = Path(path)
-    config = read_config(path / "config.json")
+    config = read_config(path / CONFIG)
     if config is None:
         raise RunDirectoryError(f"{str(path)!r} holds no run (no config.json)")
-    weights = trained_weights(path / "backup")
+    weights = trained_weights(path / BACKUP)
     if weights is None:
         raise RunDirectoryError(f"{str(path)!r} keeps no trained weights (no "
-                                f"{path / 'backup' / STATE}: the run has not finished an epoch)")
+                                f"{path / BACKUP / STATE}: the run has not finished an epoch)")
     step = steps.get(config["step"])
     lesson = step.module()
     bn = resolve_bn(step, config.get("bn"))

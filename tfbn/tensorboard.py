@@ -33,13 +33,13 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from tfbn.digits import DIGIT_SIDE, digit_mosaic, ink, tile_corner
 from tfbn.layer import BATCH_NORM_TYPES
 
 INSPECTION_RUN = "inspection"
 MISCLASSIFIED_TAG = "misclassified_digits"
 BEFORE_TAG = "input_before_normalization"
 AFTER_TAG = "output_after_normalization"
-DIGIT_SIDE = 28
 
 
 def tensorboard_callbacks(logdir, sample_images, sample_labels):
@@ -166,10 +166,9 @@ def training_forward_graph(model):
 def render_misclassified(images, labels, predictions, title="", max_digits_shown=32):
     """A figure of the digits whose prediction differs from the label, captioned true → predicted.
 
-    The digits are drawn as one image with the captions on top (one axes, not one per digit),
-    which keeps this cheap enough to run every epoch.
+    The digits are drawn as one mosaic (`tfbn.digits`, as on the dashboard) with each caption
+    in its tile's corner: one axes, not one per digit, cheap enough to run every epoch.
     """
-    images = np.asarray(images, dtype=np.float32).reshape(len(images), DIGIT_SIDE, DIGIT_SIDE)
     wrong = np.flatnonzero(np.asarray(predictions) != np.asarray(labels))
     heading = f"Misclassified: {len(wrong)} of {len(images)} sample digits"
     if title:
@@ -184,22 +183,13 @@ def render_misclassified(images, labels, predictions, title="", max_digits_shown
         caption = f"first {len(shown)} shown, {caption}"
     columns = min(8, len(shown))
     rows = math.ceil(len(shown) / columns)
-    caption_height, cell_width = 14, DIGIT_SIDE + 6
-    cell_height = caption_height + DIGIT_SIDE + 2
-    low, high = images.min(), images.max()
-    ink = (images - low) / max(high - low, 1e-12)
-    mosaic = np.zeros((rows * cell_height, columns * cell_width))
-    figure_width = max(0.95 * columns, 5.0)
-    figure = Figure(figsize=(figure_width, 1.2 * rows + 0.6), dpi=100)
-    axes = figure.add_axes((0.5 - 0.95 * columns / figure_width / 2, 0.0,
-                            0.95 * columns / figure_width, 1.2 * rows / (1.2 * rows + 0.6)))
+    figure = Figure(figsize=(max(0.9 * columns, 5.0), 0.9 * rows + 0.7), dpi=100)
+    axes = figure.add_axes((0.0, 0.0, 1.0, 0.9 * rows / (0.9 * rows + 0.7)))
+    axes.imshow(digit_mosaic(ink(images)[shown], np.ones(len(shown), bool), columns),
+                interpolation="nearest")
     for position, index in enumerate(shown):
-        row, column = divmod(position, columns)
-        top, left = row * cell_height + caption_height, column * cell_width + 3
-        mosaic[top:top + DIGIT_SIDE, left:left + DIGIT_SIDE] = ink[index]
-        axes.text(left + DIGIT_SIDE / 2, top - 2, f"{labels[index]} → {predictions[index]}",
-                  ha="center", va="bottom", fontsize=11, color="darkred")
-    axes.imshow(mosaic, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+        axes.text(*tile_corner(position, columns), f"{labels[index]} → {predictions[index]}",
+                  ha="left", va="top", fontsize=8, fontweight="bold", color="darkred")
     axes.set_axis_off()
     figure.suptitle(f"{heading}\n{caption}", fontsize=11)
     return figure

@@ -111,7 +111,7 @@ def prepare_training_subset(config, arrays=None) -> TrainingSubset:
                           slice(0, min(config.evaluation_size, len(x_test))))
 
 
-def make_optimizer(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
+def optimizer_named(name: str, learning_rate: float) -> keras.optimizers.Optimizer:
     """Plain SGD for "sgd", Adam for "adam"."""
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate)

@@ -35,7 +35,7 @@ from tfbn.config import (
     check_fields, check_divides, check_positive_integers, check_verbose, option)
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
-    batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, make_optimizer,
+    batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, optimizer_named,
     outdir_field, save_results, seed_field, verbose_field)
 
 TITLE = TITLES["learning_rates"]
@@ -104,7 +104,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
                                                    seed=config.seed, arrays=arrays)
             model = (steps.load(step_name).build_model() if name == "none"
                      else steps.load(step_name).build_model(config.bn))
-            model.compile(optimizer=make_optimizer(config.optimizer, rate),
+            model.compile(optimizer=optimizer_named(config.optimizer, rate),
                           loss="sparse_categorical_crossentropy", metrics=["accuracy"])
             history, seconds = fit_in_records(model, train_dataset, config)
             test_loss, test_accuracy = model.evaluate(

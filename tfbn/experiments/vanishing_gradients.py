@@ -36,7 +36,7 @@ from tfbn.config import (
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, call_in_training_mode, dataset_arrays, dataset_field,
-    fit_in_records, make_optimizer, outdir_field, RecordEveryEpoch, save_results, seed_field,
+    fit_in_records, optimizer_named, outdir_field, RecordEveryEpoch, save_results, seed_field,
     verbose_field)
 
 TITLE = TITLES["vanishing_gradients"]
@@ -126,7 +126,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
                                                seed=config.seed, arrays=arrays)
         model = (steps.load(step_name).build_model() if name == "none"
                  else steps.load(step_name).build_model(config.bn))
-        model.compile(optimizer=make_optimizer(config.optimizer, config.learning_rate),
+        model.compile(optimizer=optimizer_named(config.optimizer, config.learning_rate),
                       loss="sparse_categorical_crossentropy", metrics=["accuracy"])
         recorder = GradientNormRecorder(probe_images, probe_labels)
         history, seconds = fit_in_records(
