@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Step:
     name: str
     script: str
@@ -40,26 +40,29 @@ class Step:
 
 STEPS = {
     step.name: step for step in [
-        Step("1.0", "step_1_0_softmax", "softmax regression, 784 -> 10, gradient descent",
+        Step(name="1.0", script="step_1_0_softmax",
+             title="softmax regression, 784 -> 10, gradient descent",
              codelab_accuracy=0.927),
-        Step("2.0", "step_2_0_five_layers_sigmoid", "five dense layers, sigmoid, Adam",
+        Step(name="2.0", script="step_2_0_five_layers_sigmoid",
+             title="five dense layers, sigmoid, Adam",
              codelab_accuracy=0.979),
-        Step("2.1", "step_2_1_five_layers_relu_lrdecay",
-             "ReLU instead of sigmoid, learning rate decay", codelab_accuracy=0.982),
-        Step("2.2", "step_2_2_five_layers_relu_lrdecay_dropout",
-             "dropout 0.25 after each layer", codelab_accuracy=0.982),
-        Step("3.0", "step_3_0_convolutional", "three convolutional layers, dense 200",
+        Step(name="2.1", script="step_2_1_five_layers_relu_lrdecay",
+             title="ReLU instead of sigmoid, learning rate decay", codelab_accuracy=0.982),
+        Step(name="2.2", script="step_2_2_five_layers_relu_lrdecay_dropout",
+             title="dropout 0.25 after each layer", codelab_accuracy=0.982),
+        Step(name="3.0", script="step_3_0_convolutional",
+             title="three convolutional layers, dense 200",
              codelab_accuracy=0.989),
-        Step("3.1", "step_3_1_convolutional_bigger_dropout",
-             "bigger convolutions, dropout on the dense layer", codelab_accuracy=0.993),
-        Step("4.0", "step_4_0_batchnorm_five_layers_sigmoid",
-             "batch norm (scale and offset) before each sigmoid", codelab_accuracy=0.981,
+        Step(name="3.1", script="step_3_1_convolutional_bigger_dropout",
+             title="bigger convolutions, dropout on the dense layer", codelab_accuracy=0.993),
+        Step(name="4.0", script="step_4_0_batchnorm_five_layers_sigmoid",
+             title="batch norm (scale and offset) before each sigmoid", codelab_accuracy=0.981,
              uses_bn=True),
-        Step("4.1", "step_4_1_batchnorm_five_layers_relu",
-             "batch norm (offset only) before each ReLU", codelab_accuracy=0.985,
+        Step(name="4.1", script="step_4_1_batchnorm_five_layers_relu",
+             title="batch norm (offset only) before each ReLU", codelab_accuracy=0.985,
              uses_bn=True),
-        Step("4.2", "step_4_2_batchnorm_convolutional",
-             "batch norm on every layer of the bigger conv net, dropout on dense",
+        Step(name="4.2", script="step_4_2_batchnorm_convolutional",
+             title="batch norm on every layer of the bigger conv net, dropout on dense",
              codelab_accuracy=0.995, uses_bn=True),
     ]
 }
