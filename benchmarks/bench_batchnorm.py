@@ -49,13 +49,16 @@ import tensorflow as tf  # noqa: E402
 
 import tfbn  # noqa: E402
 from tfbn import steps  # noqa: E402
-from tfbn.data import mnist_datasets  # noqa: E402
+from tfbn.data import EpochOrder, mnist_datasets  # noqa: E402
 
 # Step -> whether its images are flat vectors (the dense net) or 28x28x1 (the conv net).
 STEPS = {"4.2": False, "4.1": True}
-# "keras" is the built-in layer; the others are tfbn.BatchNorm(implementation=...).
+# "keras" is the built-in layer; the next are tfbn.BatchNorm(implementation=...); "none" is
+# the same network without BN (`--bn none`: a bias where BN was), the speed a BN layer that
+# cost nothing would reach, so that BN's overhead is a variant's time minus its time.
 IMPLEMENTATIONS = ("auto", "fused", "moments")
-VARIANTS = ("keras", *IMPLEMENTATIONS)
+NO_BN = "none"
+VARIANTS = ("keras", *IMPLEMENTATIONS, NO_BN)
 FOLDED = "folded"
 MNIST_TRAIN_SIZE = 60_000
 MNIST_TEST_SIZE = 10_000
@@ -117,6 +120,7 @@ def build_variants(step_name: str) -> dict[str, keras.Model]:
     for implementation in IMPLEMENTATIONS:
         models[implementation] = with_tfbn_layers(reference, implementation)
         models[implementation].set_weights(reference.get_weights())
+    models[NO_BN] = step.build_model(NO_BN)
     for model in models.values():
         # As tfbn.training compiles it, so train_on_batch runs the step fit runs.
         model.compile(optimizer=step.make_optimizer(), loss="sparse_categorical_crossentropy",
@@ -233,6 +237,22 @@ def summarize(rates: dict[str, dict], step_name: str, reference: str) -> dict:
                 "per_round_images_per_second": values,
                 "per_round_ratios": ratios,
             }
+        if NO_BN not in variants:
+            continue
+        # BN's overhead: seconds per image beyond the no-BN network's, per round.
+        limit = variants[NO_BN]
+        overheads = {variant: [1 / value - 1 / base for value, base in zip(values, limit)]
+                     for variant, values in variants.items() if variant != NO_BN}
+        for variant, values in overheads.items():
+            of_reference = [mine / theirs for mine, theirs in zip(values, overheads[reference])]
+            summary[variant][clock].update({
+                "overhead_microseconds_per_image": 1e6 * statistics.median(values),
+                "overhead_fraction_of_step": statistics.median(
+                    [overhead * rate for overhead, rate in zip(values, variants[variant])]),
+                "overhead_ratio": statistics.median(of_reference),
+                "lowest_overhead_ratio": min(of_reference),
+                "highest_overhead_ratio": max(of_reference),
+            })
     return summary
 
 
@@ -374,7 +394,8 @@ def measure_pipeline(models_by_step, batches, config, log):
         for size in (train_size, test_size))
     pipeline = {}
     for step_name, flat in STEPS.items():
-        train_dataset, _ = mnist_datasets(config.batch_size, flat=flat, arrays=arrays, seed=0)
+        train_dataset, _ = mnist_datasets(config.batch_size, flat=flat, arrays=arrays,
+                                          order=EpochOrder(0))  # as the lessons order it
         first_epoch = epoch_rates(train_dataset)
         cached_epochs = [epoch_rates(train_dataset) for _ in range(CACHED_EPOCHS)]
         cached_epoch = {clock: statistics.median(rates[clock] for rates in cached_epochs)
@@ -478,6 +499,23 @@ def format_variant_rows(section: dict, ops: dict | None = None) -> list[str]:
     return rows
 
 
+def format_overhead_rows(section: dict) -> list[str]:
+    rows = []
+    for step_name, variants in section.items():
+        for variant, summary in variants.items():
+            if variant == NO_BN or "overhead_ratio" not in summary["cpu"]:
+                continue
+            cells = []
+            for clock in CLOCKS:
+                facts = summary[clock]
+                cells.append(f"{facts['overhead_microseconds_per_image']:>8.1f} us "
+                             f"{facts['overhead_fraction_of_step']:>6.1%} "
+                             f"{facts['overhead_ratio']:>6.3f} ({facts['lowest_overhead_ratio']:.2f}-"
+                             f"{facts['highest_overhead_ratio']:.2f})")
+            rows.append(f"{step_name:<5} {variant:<8} " + "   ".join(cells))
+    return rows
+
+
 def format_tables(results: dict) -> str:
     rounds = results["config"]["rounds"]
     header = (f"{'step':<5} {'variant':<8} {'images/s':>9} {'ratio (range)':>19} "
@@ -490,6 +528,16 @@ def format_tables(results: dict) -> str:
              "",
              "Inference throughput, predict_on_batch", explanation, header,
              *format_variant_rows(results["inference"]),
+             "",
+             f"BN's overhead: time per image beyond the same network without BN ({NO_BN}); "
+             "share of the step; ratio to keras's overhead (median of the per-round ratios, "
+             "range)",
+             f"{'':<5} {'':<8} {'wall: overhead  share  ratio (range)':<36}   "
+             f"{'CPU: overhead  share  ratio (range)'}",
+             "training:",
+             *format_overhead_rows(results["training"]),
+             "inference:",
+             *format_overhead_rows(results["inference"]),
              "",
              "Input pipeline (tfbn.data.mnist_datasets) against training (auto); "
              "fed/resident: training on the pipeline's batches / on a batch in memory",

@@ -170,7 +170,7 @@ def test_profile_splits_kernel_time_by_op_type_and_bn_layers(mode):
         assert ran_fused_kernel == (variant == "fused")
         assert profile["total_milliseconds"] == pytest.approx(
             sum(profile["milliseconds_by_op_type"].values()))
-        if variant == bench.FOLDED:
+        if variant in (bench.FOLDED, bench.NO_BN):  # no BN layer left, or none at all
             assert profile["batch_norm_milliseconds"] == 0
         else:
             assert 0 < profile["batch_norm_milliseconds"] < profile["total_milliseconds"]
@@ -207,3 +207,16 @@ def test_the_codelab_moving_average_variant_trains_with_the_codelab_decay(tiny_m
     assert momenta == [{(0.99, False)}, {(0.998, True)}]
     assert plain["steps"] == codelab["steps"] == 2
     assert plain["test_loss"] != codelab["test_loss"]
+
+
+def test_bn_overhead_is_the_time_beyond_the_network_without_bn():
+    rounds = {("4.2", "keras"): [100.0, 50.0], ("4.2", "auto"): [125.0, 62.5],
+              ("4.2", bench.NO_BN): [200.0, 100.0]}
+    summary = bench.summarize({"wall": rounds, "cpu": rounds}, "4.2", "keras")
+    keras_cost, ours = summary["keras"]["cpu"], summary["auto"]["cpu"]
+    # 1/100 - 1/200 = 5 ms per image, half the step; 1/125 - 1/200 = 3 ms, 0.6 of keras's.
+    assert keras_cost["overhead_microseconds_per_image"] == pytest.approx(7500)  # median
+    assert keras_cost["overhead_fraction_of_step"] == pytest.approx(0.5)
+    assert ours["overhead_ratio"] == pytest.approx(0.6)
+    assert ours["overhead_fraction_of_step"] == pytest.approx(0.375)
+    assert "overhead_ratio" not in summary[bench.NO_BN]["cpu"]

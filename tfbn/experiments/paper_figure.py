@@ -1,8 +1,14 @@
 """The BN paper's MNIST figure (Ioffe & Szegedy 2015, Figure 1), rebuilt.
 
 The claim: with batch normalization a network trains faster and reaches a higher
-accuracy, because the distribution of each layer's inputs stays put while the layers
-below it learn ("internal covariate shift" is removed).
+accuracy. The paper's explanation is that the distribution of each layer's inputs stays
+put while the layers below it learn ("internal covariate shift" is removed); that is its
+hypothesis, not something this figure measures. Santurkar et al. (2018, "How does batch
+normalization help optimization?") trained BN networks with noise injected after BN that
+made the inputs shift more than without BN, and they trained as well; they and Bjorck et
+al. (2018) explain BN by a smoother loss landscape and the larger learning rates it allows.
+This figure shows the speed-up and the stable input distribution side by side; it cannot
+say which causes which.
 
 The paper's network: 784 pixels -> 3 fully connected hidden layers of 100 sigmoid units
 -> 10-way softmax, minibatches of 60, 50,000 training steps, with and without BN before
