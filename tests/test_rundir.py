@@ -217,10 +217,11 @@ def _without_seconds(history):
     return {key: values for key, values in history.items() if key != "seconds"}
 
 
-@pytest.mark.parametrize("steps", [None, 3])
-@pytest.mark.parametrize("point", ["mid-epoch", "weights saved, state not",
-                                   "state saved, history row not",
-                                   "all saved, old weights not removed"])
+@pytest.mark.parametrize("point, steps", [
+    ("mid-epoch", None), ("weights saved, state not", None),
+    ("state saved, history row not", None), ("all saved, old weights not removed", None),
+    # epochs of N steps, the data streaming across passes
+    ("mid-epoch", 3), ("weights saved, state not", 3)])
 def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(
         point, steps, uninterrupted, tiny_mnist, tmp_path):
     expected, expected_logdir = uninterrupted[steps]
