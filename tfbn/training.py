@@ -211,7 +211,7 @@ def resolve_bn(step: steps.Step, bn: str | None) -> str:
 
 class RunClock(keras.callbacks.Callback):
     """Adds `seconds` (wall time of finished epochs, across resumed sessions) and
-    `learning_rate` to each epoch's logs, so CSVLogger and TensorBoard record them."""
+    `learning_rate` to each epoch's logs, so history.csv and TensorBoard record them."""
 
     def __init__(self, history: dict | None):
         super().__init__()
