@@ -279,3 +279,21 @@ def test_an_unfinished_run_of_keras_backup_and_restore_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"step": "4.1", **QUICK.to_dict()}))
     with pytest.raises(rundir.RunDirectoryError, match="older tfbn.*--restart"):
         rundir.RunDirectory(tmp_path, "4.1", QUICK.to_dict())
+
+
+def test_the_clock_resumes_from_the_state_even_when_history_csv_lags_it(
+        uninterrupted, tiny_mnist, tmp_path):
+    """Killed between state.json and history.csv: the resumed run's seconds still count
+    the committed epochs (RunClock reads the history through the run directory)."""
+    config = RESUMABLE.replace(logdir=str(tmp_path))
+    with pytest.MonkeyPatch.context() as patch:
+        _kill_at("state saved, history row not", patch)
+        with pytest.raises(Killed):
+            training.train("2.2", config, arrays=tiny_mnist)
+    assert rundir.read_history(tmp_path / "history.csv")["epoch"] == [0]
+    opened = rundir.RunDirectory(tmp_path, "2.2", config.to_dict())
+    try:
+        history = opened.history()
+    finally:
+        opened.close()
+    assert history["epoch"] == [0, 1] and history["seconds"][1] > history["seconds"][0] > 0

@@ -100,6 +100,12 @@ class RunDirectory:
         return self.path / BACKUP
 
     def history(self) -> dict[str, list[float]] | None:
+        """The finished epochs' rows as columns: from `backup/state.json`, the commit point,
+        when it exists (`history.csv` lags it by one epoch after a kill between the two),
+        else from `history.csv`."""
+        state = _read_state(self.backup_path)
+        if state is not None:
+            return _as_columns(state["history"]) if state["history"] else None
         return read_history(self.history_path)
 
     def checkpoint(self) -> "EpochCheckpoint":
@@ -247,9 +253,13 @@ def read_history(path: Path) -> dict[str, list[float]] | None:
                 rows[int(row["epoch"])] = row
     except (OSError, UnicodeDecodeError, KeyError, ValueError) as error:
         raise RunDirectoryError(f"cannot read {path}: {error}") from None
+    return _as_columns(rows[epoch] for epoch in sorted(rows))
+
+
+def _as_columns(rows) -> dict[str, list[float]]:
     columns: dict[str, list[float]] = {}
-    for epoch in sorted(rows):
-        for key, value in rows[epoch].items():
+    for row in rows:
+        for key, value in row.items():
             columns.setdefault(key, []).append(float(value) if value not in ("", None) else np.nan)
     return columns
 
