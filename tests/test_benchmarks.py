@@ -220,3 +220,60 @@ def test_bn_overhead_is_the_time_beyond_the_network_without_bn():
     assert ours["overhead_ratio"] == pytest.approx(0.6)
     assert ours["overhead_fraction_of_step"] == pytest.approx(0.375)
     assert "overhead_ratio" not in summary[bench.NO_BN]["cpu"]
+
+
+time_to_accuracy = load_script("time_to_accuracy")
+
+
+def write_history(directory, accuracies, cpu_per_epoch=10.0):
+    directory.mkdir(parents=True)
+    rows = ["epoch,val_accuracy,val_loss,seconds,cpu_seconds"]
+    rows += [f"{epoch},{accuracy},0.1,{5.0 * (epoch + 1)},{cpu_per_epoch * (epoch + 1)}"
+             for epoch, accuracy in enumerate(accuracies)]
+    (directory / "history.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_time_to_accuracy_takes_the_first_epoch_at_each_threshold_and_the_seeds_median(tmp_path):
+    out = tmp_path / "out"
+    write_history(out / "5.0-seed0", [0.991, 0.989, 0.994, 0.996])
+    write_history(out / "5.0-seed1", [0.986, 0.993, 0.995, 0.995], cpu_per_epoch=20.0)
+    write_history(out / "5.0-seed2", [0.980, 0.991, 0.992, 0.994])
+    summary = time_to_accuracy.summarize(out, ["5.0", "4.2"], [0, 1, 2])
+    assert list(summary) == ["5.0"]  # 4.2 has no run directories
+    seeds = summary["5.0"]["seeds"]
+    assert seeds[0]["reached"]["0.990"] == {"epochs": 1, "cpu_seconds": 10.0, "seconds": 5.0}
+    assert seeds[1]["reached"]["0.993"]["epochs"] == 2  # not fooled by seed 0's dip
+    assert seeds[2]["reached"]["0.995"]["epochs"] == time_to_accuracy.NOT_REACHED
+    median = summary["5.0"]["median"]
+    assert median["0.985"]["epochs"] == 1 and median["0.990"]["epochs"] == 2
+    # Each measure's own median: epochs 4, 3, never; CPU 40, 60, never; wall 20, 15, never.
+    assert median["0.995"] == {"epochs": 4, "cpu_seconds": 60.0, "seconds": 20.0}
+    table = time_to_accuracy.markdown(summary)
+    assert "| 5.0 | 3 | 1 (" in table and "99.10 98.90 99.40 99.60" in table
+    write_history(out / "4.2-seed0", [0.97, 0.98])
+    write_history(out / "4.2-seed1", [0.97, 0.99])
+    summary = time_to_accuracy.summarize(out, ["4.2"], [0, 1])
+    assert "not reached" in time_to_accuracy.markdown(summary)  # the median of 2 and inf
+
+
+def test_time_to_accuracy_runs_each_seed_as_tfbn_run_and_writes_the_table(tmp_path, monkeypatch):
+    commands = []
+
+    def fake_run(command):
+        commands.append(command)
+        logdir = Path(command[command.index("--logdir") + 1])
+        write_history(logdir, [0.99, 0.996])
+        return type("Finished", (), {"returncode": 0})()
+
+    monkeypatch.setattr(time_to_accuracy.subprocess, "run", fake_run)
+    out = tmp_path / "out"
+    assert time_to_accuracy.main(["--runs", "4.2", "5.0 no BN", "--seeds", "0", "1",
+                                  "--out", str(out), "--steps-per-epoch", "5"]) == 0
+    assert len(commands) == 4
+    assert commands[0][1:] == ["-m", "tfbn.cli", "run", "4.2", "--stop-at", "0.995", "--seed",
+                               "0", "--logdir", str(out / "4.2-seed0"), "--verbose", "2",
+                               "--steps-per-epoch", "5"]
+    assert commands[3][4:8] == ["5.0", "--bn", "none", "--learning-rate-scale"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["5.0 no BN"]["median"]["0.995"]["epochs"] == 2
+    assert (out / "summary.md").read_text().count("\n") == 4  # header, rule, two runs

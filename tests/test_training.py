@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ def test_every_step_has_its_tutorial_script():
 def test_tfbn_run_imports_the_file_a_learner_reads(name):
     module = steps.load(name)
     assert Path(module.__file__).resolve() == TUTORIALS / f"{steps.get(name).script}.py"
-    assert module.STEP == name and module.EPOCHS == 17
+    assert module.STEP == name and module.EPOCHS == (4 if name == "5.0" else 17)
 
 
 def added_lines(old_script: str, new_script: str) -> list[str]:
@@ -44,6 +45,29 @@ def test_the_diff_from_3_1_to_4_2_is_batch_norm():
     assert "BatchNorm = models.batch_norm_type(bn)" in " ".join(code)
     assert "LEARNING_RATE = DecayToFloor(peak=0.02, floor=0.0001, decay_steps=1600)" in code
     assert len(code) < 25, "only the BN idea, not a rewrite"
+
+
+def test_the_diff_from_4_2_to_5_0_is_the_schedule():
+    added = added_lines(steps.get("4.2").script, steps.get("5.0").script)
+    code = [line for line in added if line and not line.startswith("#")]
+    assert 'EPOCHS = 4' in code and 'STEP = "5.0"' in code
+    assert "schedule = keras.optimizers.schedules.CosineDecayRestarts(" in code
+    assert not any("layers." in line or "BatchNorm" in line for line in code), "same network"
+    assert len(code) < 16, "only the schedule, not a rewrite"
+
+
+def test_5_0s_learning_rate_anneals_within_the_first_epoch_and_restarts_at_half():
+    lesson = steps.load("5.0")
+    def schedule_of(optimizer):
+        return keras.optimizers.schedules.deserialize(optimizer.get_config()["learning_rate"])
+
+    schedule = schedule_of(lesson.make_optimizer(steps_per_epoch=600))
+    rate = lambda step: float(schedule(step))
+    assert rate(0) == pytest.approx(0.02)
+    assert rate(599) < 1e-5 and rate(600) == pytest.approx(0.01, rel=1e-3)  # epoch 2
+    assert rate(2399) < 1e-5  # the second cycle ends with epoch 4
+    halved = schedule_of(lesson.make_optimizer(learning_rate_scale=0.5, steps_per_epoch=50))
+    assert float(halved(0)) == pytest.approx(0.01) and float(halved(50)) == pytest.approx(0.005, rel=1e-3)
 
 
 def test_the_diff_from_4_0_to_4_1_is_relu_without_scale():

@@ -161,10 +161,10 @@ def _parse_options(description: str, defaults, argv: list[str] | None,
 
 
 def list_steps() -> str:
-    lines = ["codelab steps (tfbn run STEP):"]
+    lines = ["steps (tfbn run STEP):"]
     for step in steps.STEPS.values():
         lines.append(f"  {step.name}  {step.title}  "
-                     f"[{step.epochs()} epochs; codelab: {step.codelab_accuracy:.1%}]")
+                     f"[{step.epochs()} epochs; {step.aim()}]")
     lines.append("experiments (tfbn experiment NAME):")
     for name, title in experiments.TITLES.items():
         lines.append(f"  {name:<20} {title}")

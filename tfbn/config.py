@@ -39,6 +39,9 @@ class RunConfig:
                         "(default: custom on BN steps, none elsewhere)", BN_CHOICES))
     learning_rate_scale: float = dataclasses.field(
         default=1.0, metadata=option("multiply the step's learning-rate schedule by this"))
+    stop_at: Optional[float] = dataclasses.field(
+        default=None,
+        metadata=option("stop after the first epoch whose test accuracy reaches this (0.995)"))
     logdir: Optional[str] = dataclasses.field(
         default=None,
         metadata=option("run directory: metrics, TensorBoard logs, dashboard, resume state"))
@@ -66,6 +69,8 @@ class RunConfig:
         check_fields(self)
         check_positive_integers(self, "epochs", "steps_per_epoch", "batch_size")
         check_positive(self, "learning_rate_scale")
+        if self.stop_at is not None and not 0.0 < self.stop_at <= 1.0:
+            raise ValueError(f"stop_at is a test accuracy in (0, 1], got {self.stop_at!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be 0 or more, got {self.seed!r}")
         check_verbose(self)

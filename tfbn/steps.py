@@ -1,4 +1,5 @@
-"""The codelab's steps, 1.0 to 4.2: which lesson script each one is, and the codelab's result.
+"""The steps: the codelab's 1.0 to 4.2, then 5.0; which lesson script each one is, and the
+result it aims at (the codelab's, or 5.0's targets).
 
 The lesson itself (the model, the optimizer and schedule, `model.fit`) is the step's script
 in `tutorials/`, installed as the module `tfbn.tutorials.<script>`: `tfbn run STEP` imports
@@ -20,8 +21,17 @@ class Step:
     name: str
     script: str
     title: str
-    codelab_accuracy: float
+    codelab_accuracy: float | None = None  # the codelab's best test accuracy
+    # (epoch, test accuracy) pairs a step beyond the codelab aims at: reached by that epoch.
+    targets: tuple[tuple[int, float], ...] = ()
     uses_bn: bool = False
+
+    def aim(self) -> str:
+        """What the step is measured against, as `tfbn list` shows it."""
+        if self.codelab_accuracy is not None:
+            return f"codelab: {self.codelab_accuracy:.1%}"
+        return "target: " + ", ".join(f"{accuracy:.1%} by epoch {epoch}"
+                                      for epoch, accuracy in self.targets)
 
     def module(self) -> ModuleType:
         """The step's lesson script, `tutorials/<script>.py`, as a module."""
@@ -64,6 +74,9 @@ STEPS = {
         Step(name="4.2", script="step_4_2_batchnorm_convolutional",
              title="batch norm on every layer of the bigger conv net, dropout on dense",
              codelab_accuracy=0.995, uses_bn=True),
+        Step(name="5.0", script="step_5_0_batchnorm_one_cycle",
+             title="4.2's network, trained in 4 epochs with a one-cycle schedule",
+             targets=((1, 0.990), (4, 0.995)), uses_bn=True),
     ]
 }
 

@@ -136,6 +136,8 @@ class Run:
         if self.config.verbose:
             model.summary()
         callbacks = [self.clock, StopOnNaN(), EpochSeeds(self.order)]
+        if self.config.stop_at is not None:
+            callbacks.append(StopAtAccuracy(self.config.stop_at))
         if self.rundir is not None:
             callbacks += _logdir_callbacks(self.logdir, self.config, self.arrays,
                                            data.takes_flat_images(model))
@@ -172,6 +174,7 @@ class Run:
             "epochs": model.history.params["epochs"],
             "steps": int(model.optimizer.iterations.numpy()),
             "seconds": round(self.clock.total_seconds, 1),
+            "cpu_seconds": round(self.clock.total_cpu_seconds, 1),
             "device": self.device,
             "bn": self.bn,
             "seed": config.seed,
@@ -210,23 +213,53 @@ def resolve_bn(step: steps.Step, bn: str | None) -> str:
 
 
 class RunClock(keras.callbacks.Callback):
-    """Adds `seconds` (wall time of finished epochs, across resumed sessions) and
-    `learning_rate` to each epoch's logs, so history.csv and TensorBoard record them."""
+    """Adds `seconds` and `cpu_seconds` (wall and process CPU time of the finished epochs,
+    evaluation and callbacks included, across resumed sessions) and `learning_rate` to each
+    epoch's logs, so history.csv and TensorBoard record them."""
 
     def __init__(self, history: dict | None):
         super().__init__()
-        self.previous_seconds = history["seconds"][-1] if history and history["seconds"] else 0.0
+        self.previous_seconds = _last(history, "seconds", 0.0)
+        # A run directory from before cpu_seconds was logged: its CPU time is unknown.
+        self.previous_cpu_seconds = _last(history, "cpu_seconds",
+                                          0.0 if not history or not history.get("seconds")
+                                          else float("nan"))
         self.total_seconds = self.previous_seconds
+        self.total_cpu_seconds = self.previous_cpu_seconds
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
+        self.started_cpu = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.total_seconds = self.previous_seconds + time.perf_counter() - self.started
+        self.total_cpu_seconds = (self.previous_cpu_seconds
+                                  + time.process_time() - self.started_cpu)
         if logs is not None:
             logs["seconds"] = round(self.total_seconds, 2)
+            logs["cpu_seconds"] = round(self.total_cpu_seconds, 2)
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
+
+
+def _last(history: dict | None, column: str, default: float) -> float:
+    values = (history or {}).get(column)
+    return float(values[-1]) if values else default
+
+
+class StopAtAccuracy(keras.callbacks.Callback):
+    """Ends training after the first epoch whose test accuracy reaches `target`
+    (`--stop-at`): the epochs before it are what the full run would have trained."""
+
+    def __init__(self, target: float):
+        super().__init__()
+        self.target = target
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (logs or {}).get("val_accuracy", 0.0) >= self.target:
+            print(f"test accuracy {logs['val_accuracy']:.4f} >= {self.target:g} after epoch "
+                  f"{epoch + 1}: stopping (--stop-at)")
+            self.model.stop_training = True
 
 
 class EpochSeeds(keras.callbacks.Callback):

@@ -6,7 +6,7 @@
 # on the cross-entropy.
 #
 # **Result** (seed 0, a 2-core CPU; the README's results table has the command and
-# time): 92.69% test accuracy at the best of 17 epochs, 92.51% after the last; the
+# time): 92.45% test accuracy at the best of 17 epochs, 92.41% after the last; the
 # codelab: 92.7%.
 #
 # Run it (`--help` lists every option; `tfbn run 1.0` runs this same file):

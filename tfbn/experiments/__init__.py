@@ -32,6 +32,20 @@ TITLES = {
         "moving averages at inference: population stats, batch of one, debiasing, momentum",
     "d2l_lenet":
         "cross-check with d2l.ai: BN LeNet (sigmoid) on Fashion-MNIST, scratch vs built-in vs none",
+    "placement":
+        "BN before or after the activation (ReLU, sigmoid), with and without the bias before it",
+    "per_channel":
+        "conv BN statistics per channel (over N, H, W) vs per activation (over N only)",
+    "lrn":
+        "local response normalization (AlexNet's) vs BN vs both vs neither, on the conv net",
+    "augmentation":
+        "image distortion (shifts, rotations) at a few strengths, with and without BN",
+    "batch_size":
+        "small training batches: BN vs renorm vs ghost batches vs group and layer norm",
+    "noisy_bn":
+        "Santurkar et al.'s noisy BN: BN plus shifting noise vs BN vs none; loss smoothness",
+    "fine_tuning":
+        "fine-tuning with BN: frozen (Keras 3 trainable=False) vs training vs Keras 2's way",
 }
 NAMES = tuple(TITLES)
 
