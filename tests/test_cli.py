@@ -43,7 +43,7 @@ def test_cli_list_names_every_step_and_experiment(capsys):
 
 def test_cli_rejects_an_unknown_experiment(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["experiment", "batch_size"])
+        cli.main(["experiment", "no_such_experiment"])
     assert exit_info.value.code == 2
     assert "paper_figure" in capsys.readouterr().err
 

@@ -105,7 +105,14 @@ def plot_seeds(axes, labels: list[str], summaries: list[dict], noise: float | No
         axes.legend(loc="lower right", fontsize=8)
     axes.set_xticks(range(len(labels)), labels, fontsize=8)
     axes.set_xlim(-0.6, len(labels) - 0.4)
+    if axes.get_ylim()[1] > 100:  # mean + sd can pass 100%; an accuracy cannot
+        axes.set_ylim(top=100.05)
     axes.grid(axis="y", alpha=0.3)
+
+
+def plural(count: int, noun: str) -> str:
+    """`1 epoch`, `3 epochs`."""
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 def dataset_arrays(arrays=None, dataset: str = "mnist"):

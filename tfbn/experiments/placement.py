@@ -34,7 +34,7 @@ from tfbn.config import (check_fields, check_positive, check_positive_integers, 
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, dataset_field, noise_floor, outdir_field, percent_spread, plot_seeds,
-    prepare_training_subset, save_results, seed_field, seeds_field, spread, verbose_field)
+    plural, prepare_training_subset, save_results, seed_field, seeds_field, spread, verbose_field)
 
 TITLE = TITLES["placement"]
 LESSON = "tfbn.tutorials.experiment_placement"
@@ -127,7 +127,7 @@ def _figure(variants: list[dict], config: Config, noise: float, seeds: list[int]
         axes.set_title(f"({'ab'[ACTIVATIONS.index(activation)]}) {activation}")
         axes.set_ylabel("test accuracy (%)")
     figure.suptitle(f"BN before or after the activation: the five-layer dense net, "
-                    f"{config.train_size:,} images, {config.epochs} epochs, seeds "
+                    f"{config.train_size:,} images, {plural(config.epochs, 'epoch')}, seeds "
                     f"{seeds[0]}-{seeds[-1]} (dots) and mean ± sd (bars)", fontsize=10)
     figure.tight_layout()
     return figure
