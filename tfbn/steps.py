@@ -74,8 +74,8 @@ STEPS = {
         Step(name="4.2", script="step_4_2_batchnorm_convolutional",
              title="batch norm on every layer of the bigger conv net, dropout on dense",
              codelab_accuracy=0.995, uses_bn=True),
-        Step(name="5.0", script="step_5_0_batchnorm_one_cycle",
-             title="4.2's network, trained in 4 epochs with a one-cycle schedule",
+        Step(name="5.0", script="step_5_0_batchnorm_cosine_restarts",
+             title="4.2's network in 4 epochs: a cosine schedule with one warm restart",
              targets=((1, 0.990), (4, 0.995)), uses_bn=True),
     ]
 }

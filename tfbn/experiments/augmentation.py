@@ -147,7 +147,8 @@ def run(config: Config | None = None, arrays=None) -> dict:
                               loss="sparse_categorical_crossentropy", metrics=["accuracy"])
                 started = time.perf_counter()
                 history = model.fit(subset.train_dataset(config.batch_size, seed),
-                                    epochs=config.epochs, verbose=config.verbose)
+                                    epochs=config.epochs, verbose=config.verbose,
+                                    shuffle=False)  # the dataset reshuffles itself
                 seconds += time.perf_counter() - started
                 _, accuracy = model.evaluate(subset.test_images, subset.y_test, verbose=0,
                                              batch_size=EVALUATION_BATCH_SIZE)

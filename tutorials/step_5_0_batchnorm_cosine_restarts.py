@@ -3,15 +3,15 @@
 #
 # **One idea from step 4.2:** the learning-rate schedule. Step 4.2 decays its rate slowly
 # over 17 epochs and passes 99% only in its third. Here the same network follows a cosine
-# from 4.2's peak rate down to almost nothing within the first epoch, then once more,
-# from half that peak, over the next three: 4 epochs in all.
+# from 4.2's peak rate down to almost nothing within the first epoch, then once more, from
+# the same peak, over the next three: 4 epochs in all.
 #
 # **Result** (3 seeds, a 2-core CPU; the README's time-to-accuracy table has the commands
 # and times): RESULT
 #
 # Run it (`--help` lists every option; `tfbn run 5.0` runs this same file):
 #
-#     python tutorials/step_5_0_batchnorm_one_cycle.py --logdir runs/5.0
+#     python tutorials/step_5_0_batchnorm_cosine_restarts.py --logdir runs/5.0
 #     tfbn run 5.0 --logdir runs/5.0
 #
 # `--bn keras` trains the same network with Keras's built-in layer, `--bn none` without
@@ -82,12 +82,14 @@ def build_model(bn: str = "custom") -> keras.Model:
 #
 # Adam, as in 4.2, with Keras's `CosineDecayRestarts` (SGDR, Loshchilov and Hutter 2017):
 # the rate falls along a cosine from 4.2's peak, 0.02, to 2e-6 over the first epoch (600
-# batches of 100; the cycles follow the epoch whatever the batch size), then restarts at half that peak for a cycle three times as long, the
-# last three epochs. The first cycle's low end is what makes the first epoch's weights
-# good: step 4.2 is still at 0.014 when its first epoch ends. The second cycle explores at a
-# high rate again and anneals to the final weights. Batch norm is what lets Adam start at
-# 0.02 with no warm-up; without it the same schedule needs a smaller peak
-# (`--learning-rate-scale`; the README has the sweep).
+# batches of 100; the cycles follow the epoch whatever the batch size), then restarts at
+# the same peak for a cycle three times as long, the last three epochs.
+#
+# Annealing within the first epoch is what makes its weights good: step 4.2 is still at
+# 0.014 when its first epoch ends. The restart explores at the high rate again and anneals
+# to the final weights. Batch norm is what lets Adam start at 0.02 with no warm-up: without
+# it the same schedule needs a smaller peak (`--learning-rate-scale`; the README has the
+# sweep).
 
 
 # %%
@@ -98,7 +100,7 @@ def make_optimizer(learning_rate_scale: float = 1.0,
                    steps_per_epoch: int = 600) -> keras.optimizers.Optimizer:
     schedule = keras.optimizers.schedules.CosineDecayRestarts(
         initial_learning_rate=PEAK_LEARNING_RATE * learning_rate_scale,
-        first_decay_steps=steps_per_epoch, t_mul=3.0, m_mul=0.5, alpha=1e-4)
+        first_decay_steps=steps_per_epoch, t_mul=3.0, m_mul=1.0, alpha=1e-4)
     return keras.optimizers.Adam(schedule)
 
 
