@@ -277,3 +277,16 @@ def test_time_to_accuracy_runs_each_seed_as_tfbn_run_and_writes_the_table(tmp_pa
     summary = json.loads((out / "summary.json").read_text())
     assert summary["5.0 no BN"]["median"]["0.995"]["epochs"] == 2
     assert (out / "summary.md").read_text().count("\n") == 4  # header, rule, two runs
+
+
+def test_run_overhead_reports_each_variants_time_against_the_bare_step():
+    run_overhead = load_script("run_overhead")
+    rounds = [{"step": {"images_per_second": 1000.0, "images_per_cpu_second": 500.0},
+               "logdir": {"images_per_second": 800.0, "images_per_cpu_second": 400.0}},
+              {"step": {"images_per_second": 900.0, "images_per_cpu_second": 450.0},
+               "logdir": {"images_per_second": 600.0, "images_per_cpu_second": 300.0}}]
+    lines = run_overhead.table(rounds, ["step", "logdir"]).splitlines()
+    assert lines[2] == "| step | 950 | 475 | 1.00 (1.00-1.00) |"
+    assert lines[3] == "| logdir | 700 | 350 | 1.38 (1.25-1.50) |"  # 1000/800, 900/600
+    with pytest.raises(SystemExit):
+        run_overhead.main(["--epochs", "1"])

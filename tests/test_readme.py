@@ -31,7 +31,7 @@ def test_the_readme_install_check_runs_as_written(tmp_path):
                                 capture_output=True, text=True)
         assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
         outputs.append(result.stdout)
-    assert "codelab steps (tfbn run STEP):" in outputs[0]
+    assert "steps (tfbn run STEP):" in outputs[0] and "  5.0  " in outputs[0]
     assert "--bn {custom,keras,none}" in outputs[1]
     assert "test accuracy: 0." in outputs[3] and "test accuracy: 0." in outputs[4]
     assert "| run |" in outputs[5] and (tmp_path / "runs" / "comparison.png").exists()

@@ -32,7 +32,8 @@
 # Run it (`--help` lists every option; `tfbn experiment fine_tuning` runs the same):
 #
 #     python tutorials/experiment_fine_tuning.py     # about 3 minutes on 2 CPU cores
-#     tfbn experiment fine_tuning --pretrain-size 30000 --pretrain-epochs 5 --seeds 5   # the full setting
+#     # the full setting:
+#     tfbn experiment fine_tuning --pretrain-size 30000 --pretrain-epochs 5 --seeds 5
 
 # %% [markdown]
 # ## Setup

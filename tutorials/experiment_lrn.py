@@ -5,15 +5,16 @@
 # ReLU output by the activity of its neighbouring channels at the same position, "local
 # response normalization" (LRN), and credits it with 1.4 points of top-1 error (1.2 of
 # top-5) on ImageNet. The BN paper (Ioffe and Szegedy 2015, section 4.2.1) removes it from
-# its BN-Inception: "with Batch Normalization it is not necessary". Is LRN worth anything
-# on a network that has BN, or on one that has not, and what does it cost?
+# its BN-Inception: "with Batch Normalization it is not necessary" (VGG, Simonyan and
+# Zisserman 2014, section 4.1, had found it no help even without BN). Is LRN worth
+# anything on a network that has BN, or on one that has not, and what does it cost?
 #
 # **The experiment.** Step 4.2's convolutional network four ways: plain (no
 # normalization: the convolutions and the dense layer keep their biases), LRN only, BN only
 # (step 4.2), and LRN and BN both. LRN has AlexNet's constants and placement: after the
 # ReLU of the first two convolutions. For a seed, all four start from the same kernels and
-# see the same batches; 3 seeds. The experiment reports the test accuracy, the wall time
-# of an epoch, and how much LRN's divisor actually varies in the trained networks.
+# see the same batches; 3 seeds. The experiment reports the test accuracy, the wall (and
+# CPU) time of an epoch, and how much LRN's divisor actually varies in the trained networks.
 #
 # **Result** (the default run: 10,000 training images, 2 epochs, seeds 0-2; the mean ±
 # sd over the seeds; `docs/experiments.md` has the figure and the full table): RESULT
@@ -21,7 +22,8 @@
 # Run it (`--help` lists every option; `tfbn experiment lrn` runs the same):
 #
 #     python tutorials/experiment_lrn.py      # about 5 minutes on 2 CPU cores
-#     tfbn experiment lrn --train-size 60000 --epochs 10 --seeds 5   # the full setting
+#     tfbn experiment lrn --train-size 60000 --epochs 10 --seeds 5 --bn-momentum 0.99
+#                                               # the full setting, about 3.5 hours
 
 # %% [markdown]
 # ## Setup
@@ -49,17 +51,17 @@ from tfbn.experiments import lrn as experiment
 #     b[i] = a[i] / (k + alpha * S[i])**beta,   S[i] = sum of a[j]**2 over the channels
 #                                                j = i - n/2, ..., i + n/2 (those in 0..N-1)
 #
-# with `k = 2, n = 5, alpha = 1e-4, beta = 0.75`: a channel is damped when its 4
+# with `k = 2, n = 5, alpha = 1e-4, beta = 0.75`: a channel is damped when it and its 4
 # neighbours (2 on each side, in the order of the channels) fire strongly at the same
 # place. `tf.nn.local_response_normalization` computes the same thing; its `depth_radius`
 # is `n/2` = 2 (not `n`), its `bias` is `k`, and its `alpha` multiplies the sum itself, as
 # in the paper (Caffe's LRN divides its alpha by `n`). LRN learns nothing: no weights.
 #
-# Note the scale: for activations of order 1, `alpha * sum` is of order 1e-4, next to
+# Note the scale: for activations of order 1, `alpha * S` is of order 1e-4, next to
 # `k = 2`, and LRN is then a constant factor `2**-0.75 = 0.59`. It normalizes only where
-# activations reach tens (AlexNet's inputs were pixels of 0-255, these are 0-1). Behind a
-# BN layer, a constant factor is undone by the next BN. The experiment measures the
-# divisor in the trained networks.
+# activations reach tens (AlexNet's inputs were raw pixel values, centred, of order 100;
+# these are 0-1). With BN, a constant factor in front of the next convolution is undone
+# by that convolution's BN. The experiment measures the divisor in the trained networks.
 
 
 # %%

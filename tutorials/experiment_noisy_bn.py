@@ -29,7 +29,7 @@
 #
 # Run it (`--help` lists every option; `tfbn experiment noisy_bn` runs the same):
 #
-#     python tutorials/experiment_noisy_bn.py      # about 3 minutes on 2 CPU cores
+#     python tutorials/experiment_noisy_bn.py      # about 4 minutes on 2 shared CPU cores
 #     tfbn experiment noisy_bn --steps 10000 --record-every 250 --seeds 5   # the full setting
 
 # %% [markdown]
@@ -63,9 +63,10 @@ def flat(dataset):
 # Santurkar et al. perturb each activation after BN with noise of a non-zero mean and a
 # non-unit variance, drawn from a distribution that changes at every step. Here each unit
 # gets, at every training step, its own scale `s ~ U(1 - n/2, 1 + n/2)` and shift
-# `m ~ U(-n, n)`, the same for every example of the batch: `x -> s x + m`. One draw per
-# unit and step moves the whole distribution of that unit, which is the covariate shift
-# itself, without adding a different noise to every example. Averaged over the draws the
+# `m ~ U(-n, n)`, the same for every example of the batch: `x -> s x + m`. (Their noise is
+# drawn for every example too, and its exact distribution is not copied here.) One draw
+# per unit and step moves the whole distribution of that unit, which is the covariate
+# shift itself, without adding a different noise to every example. Averaged over the draws the
 # map is the identity (`E[s] = 1`, `E[m] = 0`), and at inference the layer is the identity:
 # the network is evaluated as the average of the networks it was trained as, like dropout.
 # The `SeedGenerator` makes the draws reproducible; its state is a variable of the layer
@@ -146,7 +147,10 @@ def make_optimizer(learning_rate: float) -> keras.optimizers.Optimizer:
 # gradient there. The loss is computed as in training, with the batch's own statistics and,
 # in the noisy network, one draw of the noise (`call_in_training_mode` restores BN's moving
 # statistics and the noise's seed state after each call, so every `eta` sees the same
-# draw). The weights are put back afterwards: measuring does not train the model.
+# draw). The weights are put back afterwards: measuring does not train the model. The
+# gradient measures are raw norms, as in the paper: they depend on how each network is
+# parametrized (BN makes the loss blind to the scale of the kernels before it), so compare
+# their trends as much as their levels.
 
 
 # %%

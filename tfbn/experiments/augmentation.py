@@ -36,8 +36,8 @@ Default (about 7 minutes on 2 CPU cores): 10,000 training images, 3 epochs of ba
 the strengths none and strong, 3 seeds: 2 networks x 2 strengths x 3 seeds = 12 trainings
 (`--strengths none,light,strong` adds light: 18 trainings, about 11 minutes; a distorted
 training runs about a fifth slower than an undistorted one). The full setting, all 60,000
-images for 10 epochs, every strength, 5 seeds (30 trainings of about 10 minutes each on 2
-CPU cores; 6,000 steps are enough for Keras's BN momentum):
+images for 10 epochs, every strength, 5 seeds (30 trainings of about 10 minutes each, 5 hours
+in all on 2 CPU cores; 6,000 steps are enough for Keras's BN momentum):
 
     tfbn experiment augmentation --train-size 60000 --epochs 10 --seeds 5 \
         --strengths none,light,strong --bn-momentum 0.99
@@ -223,9 +223,15 @@ def _figure(variants: list[dict], gains: list[dict], strengths, config: Config,
                [f"{NETWORKS[v['network']]}\n{labels[v['strength']]}" for v in variants],
                [variant["test_accuracy"] for variant in variants], noise,
                colors=[COLORS[variant["network"]] for variant in variants])
+    if len(strengths) > 1:
+        accuracy_axes.axvline(len(strengths) - 0.5, color="0.6", linewidth=0.8)
     accuracy_axes.set_title("(a) test accuracy (undistorted test digits)")
     accuracy_axes.set_ylabel("test accuracy (%)")
     if gains:
+        # Side by side per strength: BN's gain next to the gain without BN.
+        order = [strength.name for strength in strengths]
+        gains = sorted(gains, key=lambda gain: (order.index(gain["strength"]),
+                                                list(NETWORKS).index(gain["network"])))
         plot_seeds(gain_axes,
                    [f"{NETWORKS[g['network']]}\n{labels[g['strength']]}" for g in gains],
                    [gain["gain"] for gain in gains],
@@ -233,7 +239,7 @@ def _figure(variants: list[dict], gains: list[dict], strengths, config: Config,
         # A difference of two accuracies on one test set: at most sqrt(2) x its noise.
         difference_noise = 100 * math.sqrt(2) * noise
         gain_axes.axhspan(-difference_noise, difference_noise, color="0.85", zorder=0,
-                          label=f"0 ± √2 x the test set's noise ({difference_noise:.2f} "
+                          label=f"0 ± √2 × the test set's noise ({difference_noise:.2f} "
                                 "points)")
         gain_axes.axhline(0, color="0.4", linewidth=0.8)
         gain_axes.legend(loc="best", fontsize=8)

@@ -17,13 +17,15 @@ so a seed's four networks train one after the other. The experiment reports, ove
 seeds (mean ± sd, every seed's number):
 
 - the test accuracy on all 10,000 test digits, with the test set's own noise floor;
-- the wall time of an epoch: `fit`'s wall seconds over its epochs (the first epoch's
-  graph tracing, 2-3 s, included). On a shared machine these times are indicative only:
-  other jobs' load changes them by more than LRN's cost may be;
+- the time of an epoch: `fit`'s wall seconds over its epochs (the first epoch's graph
+  tracing, 2-3 s, included), and the process's CPU seconds likewise. On a shared machine
+  these times are indicative only: other jobs' load can change the wall time by more than
+  LRN costs (the CPU time is less sensitive to it, not immune);
 - how far LRN's divisor (k + alpha S)^beta is from its constant part k^beta in the trained
   networks, on the first test digits, where the ReLU output is positive (its mean and 99th
-  percentile, as a fraction: 0.01 means the divisor is 1% above k^beta). A small number
-  means that LRN acts as a constant factor, 2^-0.75 = 0.59, and normalizes nothing.
+  percentile; metrics.json has fractions, 0.01 for a divisor 1% above k^beta, the printout
+  and the figure percent). A small number means that LRN acts as a constant factor,
+  2^-0.75 = 0.59, and normalizes nothing.
 
 Adam at a constant 0.003, the same for all four: step 3.1's peak rate, at which the net
 without BN trains well (BN allows more; a rate tuned for one variant would favour it) and
@@ -36,7 +38,8 @@ be their initial 0 and 1, and the BN variants' test accuracy would measure that 
 (experiment dropout's docstring has the numbers).
 
 Default (about 5 minutes on 2 CPU cores: 12 trainings of 200 steps): 10,000 training
-images, 2 epochs of batch 100, 3 seeds. The full setting (about 7 minutes per training):
+images, 2 epochs of batch 100, 3 seeds. The full setting (20 trainings of about 10
+minutes each at 1,000 images/s, about 3.5 hours on 2 CPU cores):
 
     tfbn experiment lrn --train-size 60000 --epochs 10 --seeds 5 --bn-momentum 0.99
 """
@@ -164,66 +167,77 @@ def run(config: Config | None = None, arrays=None) -> dict:
     print(f"lrn experiment: {len(subset.x_train)} training images, {config.epochs} epochs, "
           f"seeds {seeds}, variants {', '.join(variant.name for variant in chosen)}, Adam "
           f"{config.learning_rate:g}, BN momentum {config.bn_momentum}")
-    records = {variant.name: {"accuracy": [], "seconds": [], "excess": []}
-               for variant in chosen}
-    parameters = {}
+    records = {variant.name: [] for variant in chosen}
     for seed in seeds:
         for variant in chosen:
-            keras.utils.set_random_seed(seed)  # the same kernels for every variant
-            model = lesson.build_model(variant.lrn, variant.bn, config.bn_momentum)
-            model.compile(optimizer=lesson.make_optimizer(config.learning_rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            started = time.perf_counter()
-            model.fit(subset.train_dataset(config.batch_size, seed), epochs=config.epochs,
-                      verbose=config.verbose)
-            seconds = time.perf_counter() - started
-            _, accuracy = model.evaluate(subset.test_images, subset.y_test, verbose=0,
-                                         batch_size=EVALUATION_BATCH_SIZE)
-            record = records[variant.name]
-            record["accuracy"].append(accuracy)
-            record["seconds"].append(seconds / config.epochs)
-            record["excess"].append(
-                lrn_divisor_excess(model, subset.test_images[:DIVISOR_IMAGES]))
-            parameters[variant.name] = sum(int(np.prod(weight.shape))
-                                           for weight in model.trainable_weights)
-            print(f"seed {seed}, {variant.label:<9} test accuracy {100 * accuracy:.2f}%, "
-                  f"{seconds / config.epochs:.1f} s per epoch")
+            record = _train_and_measure(lesson, variant, seed, subset, config)
+            records[variant.name].append(record)
+            print(f"seed {seed}, {variant.label:<9} test accuracy "
+                  f"{100 * record['accuracy']:.2f}%, {record['seconds']:.1f} s per epoch")
 
     variants = []
     for variant in chosen:
-        record = records[variant.name]
-        excess = {layer: {statistic: spread([seed_excess[layer][statistic]
-                                             for seed_excess in record["excess"]])
+        per_seed = records[variant.name]
+        excess = {layer: {statistic: spread([record["excess"][layer][statistic]
+                                             for record in per_seed])
                           for statistic in ("mean", "p99")}
-                  for layer in record["excess"][0]}
-        variants.append({"name": variant.name, "label": variant.label, "lrn": variant.lrn,
-                         "bn": variant.bn, "trainable_parameters": parameters[variant.name],
-                         "test_accuracy": spread(record["accuracy"]),
-                         "seconds_per_epoch": spread(record["seconds"]),
-                         "lrn_divisor_excess": excess})
-    print("test accuracy (mean ± sd over the seeds) and wall seconds per epoch:")
+                  for layer in per_seed[0]["excess"]}
+        variants.append({
+            "name": variant.name, "label": variant.label, "lrn": variant.lrn,
+            "bn": variant.bn, "trainable_parameters": per_seed[0]["trainable_parameters"],
+            "test_accuracy": spread([record["accuracy"] for record in per_seed]),
+            "seconds_per_epoch": spread([record["seconds"] for record in per_seed]),
+            "cpu_seconds_per_epoch": spread([record["cpu_seconds"] for record in per_seed]),
+            "lrn_divisor_excess": excess})
+    print("test accuracy and seconds per epoch (mean ± sd over the seeds):")
     for variant in variants:
-        seconds = variant["seconds_per_epoch"]
-        print(f"{variant['label']:<9} {percent_spread(variant['test_accuracy'])}  "
-              f"(seeds: {', '.join(f'{100 * a:.2f}' for a in variant['test_accuracy']['values'])}"
-              f")  {seconds['mean']:.1f} ± {seconds['sd']:.1f} s per epoch")
+        accuracy = variant["test_accuracy"]
+        seconds, cpu_seconds = variant["seconds_per_epoch"], variant["cpu_seconds_per_epoch"]
+        print(f"{variant['label']:<9} {percent_spread(accuracy)}  (seeds: "
+              f"{', '.join(f'{100 * value:.2f}' for value in accuracy['values'])})  "
+              f"{seconds['mean']:.1f} ± {seconds['sd']:.1f} s wall, "
+              f"{cpu_seconds['mean']:.1f} ± {cpu_seconds['sd']:.1f} s CPU")
         for layer, statistics in variant["lrn_divisor_excess"].items():
-            print(f"          {layer}: divisor over k^beta, minus 1: mean "
-                  f"{statistics['mean']['mean']:.2g}, 99th percentile "
-                  f"{statistics['p99']['mean']:.2g}")
+            print(f"          {layer}: LRN's divisor above k^beta by "
+                  f"{100 * statistics['mean']['mean']:.2g}% on average, "
+                  f"{100 * statistics['p99']['mean']:.2g}% at the 99th percentile")
     best = max(variant["test_accuracy"]["mean"] for variant in variants)
     noise = noise_floor(best, len(subset.y_test))
     print(f"the test set's noise floor: ± {100 * noise:.2f} points at {100 * best:.2f}%")
+    divisor_images = int(min(DIVISOR_IMAGES, len(subset.y_test)))
     metrics = {"experiment": "lrn", "train_size": int(len(subset.x_train)),
-               "test_size": int(len(subset.y_test)), "divisor_images":
-                   int(min(DIVISOR_IMAGES, len(subset.y_test))),
+               "test_size": int(len(subset.y_test)), "divisor_images": divisor_images,
                "seeds": seeds, "noise_floor": noise, "variants": variants}
-    save_results(config.outdir, metrics, _figure(variants, config, noise, seeds), config)
+    save_results(config.outdir, metrics, _figure(metrics, config), config)
     return metrics
 
 
-def _figure(variants: list[dict], config: Config, noise: float, seeds: list[int]):
+def _train_and_measure(lesson, variant: Variant, seed: int, subset, config: Config) -> dict:
+    """One network trained with `fit` from `seed`'s kernels on `seed`'s batches: its test
+    accuracy, wall and CPU seconds per epoch, LRN's divisor and its trainable weights."""
+    keras.utils.set_random_seed(seed)  # the same kernels for every variant
+    model = lesson.build_model(variant.lrn, variant.bn, config.bn_momentum)
+    model.compile(optimizer=lesson.make_optimizer(config.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    started, started_cpu = time.perf_counter(), time.process_time()
+    model.fit(subset.train_dataset(config.batch_size, seed), epochs=config.epochs,
+              shuffle=False,  # the dataset reshuffles itself every epoch
+              verbose=config.verbose)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
+    _, accuracy = model.evaluate(subset.test_images, subset.y_test, verbose=0,
+                                 batch_size=EVALUATION_BATCH_SIZE)
+    return {"accuracy": float(accuracy), "seconds": seconds / config.epochs,
+            "cpu_seconds": cpu_seconds / config.epochs,
+            "excess": lrn_divisor_excess(model, subset.test_images[:DIVISOR_IMAGES]),
+            "trainable_parameters": sum(int(np.prod(weight.shape))
+                                        for weight in model.trainable_weights)}
+
+
+def _figure(metrics: dict, config: Config):
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    variants, seeds = metrics["variants"], metrics["seeds"]
 
     figure = Figure(figsize=(15, 4.6))
     accuracy_axes, time_axes, divisor_axes = figure.subplots(1, 3)
@@ -231,8 +245,8 @@ def _figure(variants: list[dict], config: Config, noise: float, seeds: list[int]
     colors = [next(v.color for v in VARIANTS if v.name == variant["name"])
               for variant in variants]
     plot_seeds(accuracy_axes, labels, [variant["test_accuracy"] for variant in variants],
-               noise, colors=colors)
-    accuracy_axes.set(title="(a) test accuracy (10,000 test digits)",
+               metrics["noise_floor"], colors=colors)
+    accuracy_axes.set(title=f"(a) test accuracy ({metrics['test_size']:,} test digits)",
                       ylabel="test accuracy (%)")
 
     for index, (variant, color) in enumerate(zip(variants, colors)):
@@ -248,31 +262,37 @@ def _figure(variants: list[dict], config: Config, noise: float, seeds: list[int]
     time_axes.set(title="(b) training time per epoch (wall, shared machine: indicative)",
                   ylabel="seconds per epoch")
 
-    positions, tick_labels = 0, []
+    markers = {"mean": "o", "p99": "^"}
+    tick_labels = []
     for variant, color in zip(variants, colors):
         for layer, statistics in variant["lrn_divisor_excess"].items():
-            for statistic, marker, label in (("mean", "o", "mean"),
-                                             ("p99", "^", "99th percentile")):
+            for statistic, marker in markers.items():
                 values = 100 * np.array(statistics[statistic]["values"])
-                divisor_axes.plot(np.full(len(values), positions), values, marker,
-                                  color=color, alpha=0.6, markersize=5,
-                                  label=label if positions == 0 else None)
+                divisor_axes.plot(np.full(len(values), len(tick_labels)), values, marker,
+                                  color=color, alpha=0.6, markersize=5)
             tick_labels.append(f"{variant['label']}\n{layer.removesuffix('_lrn')}")
-            positions += 1
     if tick_labels:
         divisor_axes.set_xticks(range(len(tick_labels)), tick_labels, fontsize=8)
         divisor_axes.set_xlim(-0.6, len(tick_labels) - 0.4)
         divisor_axes.set_yscale("log")
-        divisor_axes.legend(loc="best", fontsize=8, title="over positive ReLU outputs",
-                            title_fontsize=8)
+        legend = [Line2D([], [], marker=markers["mean"], color="0.3", linestyle="",
+                         label="mean"),
+                  Line2D([], [], marker=markers["p99"], color="0.3", linestyle="",
+                         label="99th percentile")]
+        divisor_axes.legend(handles=legend, loc="best", fontsize=8,
+                            title="over the positive ReLU outputs", title_fontsize=8)
     else:
         divisor_axes.text(0.5, 0.5, "no LRN variant trained", ha="center",
                           transform=divisor_axes.transAxes)
     divisor_axes.grid(axis="y", alpha=0.3)
-    divisor_axes.set(title="(c) LRN's divisor above its constant part $k^\\beta$",
-                     ylabel="(k + α S)^β / k^β − 1 (%)")
-    figure.suptitle(f"LRN vs BN on step 4.2's conv net: {config.train_size:,} training "
-                    f"images, {config.epochs} epochs, Adam {config.learning_rate:g}, seeds "
-                    f"{seeds[0]}-{seeds[-1]} (dots) and mean ± sd (bars)", fontsize=10)
+    divisor_axes.set(title="(c) LRN's divisor above its constant part $k^\\beta$\n"
+                           f"(the first {metrics['divisor_images']:,} test digits)",
+                     ylabel=r"$(k + \alpha S)^\beta / k^\beta - 1$ (%)")
+    seed_text = (f"seed {seeds[0]}" if len(seeds) == 1
+                 else f"seeds {seeds[0]}-{seeds[-1]} (dots) and mean ± sd (bars)")
+    epochs = f"{config.epochs} epoch{'s' if config.epochs > 1 else ''}"
+    figure.suptitle(f"LRN vs BN on step 4.2's conv net: {metrics['train_size']:,} training "
+                    f"images, {epochs}, Adam at {config.learning_rate:g}, {seed_text}",
+                    fontsize=10)
     figure.tight_layout()
     return figure
