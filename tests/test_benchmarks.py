@@ -3,6 +3,7 @@
 No timing is asserted: throughputs on shared CPUs say nothing in a test.
 """
 
+import argparse
 import importlib.util
 import json
 import statistics
@@ -290,3 +291,21 @@ def test_run_overhead_reports_each_variants_time_against_the_bare_step():
     assert lines[3] == "| logdir | 700 | 350 | 1.38 (1.25-1.50) |"  # 1000/800, 900/600
     with pytest.raises(SystemExit):
         run_overhead.main(["--epochs", "1"])
+
+
+def test_schedule_ablation_builds_the_schedules_it_names():
+    ablation = load_script("schedule_ablation")
+    def parse(*chosen):
+        options = dict(restarts=None, one_cycle=None, cycles=None, warmup=0.1, epochs=4)
+        return argparse.Namespace(**{**options, **dict(chosen)})
+
+    one_cycle = ablation.make_schedule(parse(("one_cycle", 0.01)), steps_per_epoch=100)
+    assert float(one_cycle(0)) == pytest.approx(0.01 / 25)
+    assert float(one_cycle(40)) == pytest.approx(0.01)  # the end of the 10% warm-up
+    assert float(one_cycle(399)) < 1e-4
+    cycles = ablation.make_schedule(parse(("cycles", "1:0.02,3:0.01")), steps_per_epoch=100)
+    assert float(cycles(99)) < 1e-4 and float(cycles(100)) == pytest.approx(0.01 / 25)
+    assert float(cycles(130)) == pytest.approx(0.01)
+    restarts = ablation.make_schedule(parse(("restarts", "0.02,3,1.0")), steps_per_epoch=100)
+    assert isinstance(restarts, keras.optimizers.schedules.CosineDecayRestarts)
+    assert float(restarts(100)) == pytest.approx(0.02, rel=1e-3)
