@@ -271,7 +271,8 @@ def test_time_to_accuracy_runs_each_seed_as_tfbn_run_and_writes_the_table(tmp_pa
     assert time_to_accuracy.main(["--runs", "4.2", "5.0 no BN", "--seeds", "0", "1",
                                   "--out", str(out), "--steps-per-epoch", "5"]) == 0
     assert len(commands) == 4
-    assert commands[0][1:] == ["-m", "tfbn.cli", "run", "4.2", "--stop-at", "0.995", "--seed",
+    assert commands[0][1:] == ["-m", "tfbn.cli", "run", "4.2", "--epochs", "12", "--stop-at",
+                               "0.995", "--seed",
                                "0", "--logdir", str(out / "4.2-seed0"), "--verbose", "2",
                                "--steps-per-epoch", "5"]
     assert commands[3][4:8] == ["5.0", "--bn", "none", "--learning-rate-scale"]
