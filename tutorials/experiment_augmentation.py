@@ -17,7 +17,10 @@
 #
 # **Result** (the default run: 10,000 training images, 3 epochs, strengths none and
 # strong, seeds 0-2; the mean ± sd over the seeds; `docs/experiments.md` has the figure
-# and the full table): RESULT
+# and the full table): BN 98.11 ± 0.18% without distortion, 96.98 ± 0.87% with the strong
+# one; no BN 97.69 ± 0.30% and 97.41 ± 0.63%. In 3 epochs distortion helps neither; it
+# costs BN more (-1.13 ± 1.00 points against -0.28 ± 0.34), as the claim predicts, but
+# within the spread of 3 seeds.
 #
 # Run it (`--help` lists every option; `tfbn experiment augmentation` runs the same):
 #

@@ -25,7 +25,11 @@
 #
 # **Result** (the default run: all 60,000 training images, 1,500 steps of batch 100, SGD
 # 0.1, noise strength 1, seeds 0-2; the mean ± sd over the seeds; `docs/experiments.md`
-# has the figure): RESULT
+# has the figure): test accuracy without BN 96.24 ± 0.73%, BN 97.43 ± 0.07%, BN + noise
+# 96.34 ± 0.01%. The noise moves dense4's inputs 5 times as much as without BN, and the
+# network still trains as well as the plain one, but 1.1 points under BN. Along the
+# gradient, the gradient changes 5 times less with BN than without it, 3.5 times less
+# with BN + noise: BN's loss is smoother, shifting inputs or not.
 #
 # Run it (`--help` lists every option; `tfbn experiment noisy_bn` runs the same):
 #
