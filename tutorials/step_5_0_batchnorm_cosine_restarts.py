@@ -6,8 +6,10 @@
 # from 4.2's peak rate down to almost nothing within the first epoch, then once more, from
 # the same peak, over the next three: 4 epochs in all.
 #
-# **Result** (3 seeds, a 2-core CPU; the README's time-to-accuracy table has the commands
-# and times): RESULT
+# **Result** (seeds 0, 1, 2, a 2-core CPU; the README has the commands and times): after
+# epoch 1, 99.16 / 99.07 / 98.98% test accuracy (median 99.07%); after epoch 4, 99.54 /
+# 99.51 / 99.37% (median 99.51%), in about 250 CPU seconds (2.5 minutes). Step 4.2 needs
+# 6 to 11 epochs to reach 99.5% with the same seeds.
 #
 # Run it (`--help` lists every option; `tfbn run 5.0` runs this same file):
 #
