@@ -188,7 +188,8 @@ def _figure(variants: list[dict], config: Config, noise: float, seeds: list[int]
                         + ("sd" if key == "mean_noise" else "variance")
                         + "\n(median over features)")
         axes.set_title(f"{title}: its noise at batch {config.batch_size}", fontsize=10)
-        axes.legend(fontsize=8)
+        axes.set_ylim(0, 1.45 * axes.get_ylim()[1])  # room for the legend above the bars
+        axes.legend(fontsize=8, loc="upper left")
         axes.grid(axis="y", alpha=0.3)
     figure.suptitle(f"BN statistics per channel or per activation: step 4.2's conv net, "
                     f"{config.train_size:,} images, {plural(config.epochs, 'epoch')}", fontsize=11)
