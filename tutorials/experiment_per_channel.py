@@ -16,7 +16,11 @@
 # standard deviation over the training images.
 #
 # **Result** (the default run: 10,000 training images, 2 epochs, seeds 0-2;
-# `docs/experiments.md` has the figure and the table): RESULT
+# `docs/experiments.md` has the figure and the table): per channel 97.96 ± 0.21% test
+# accuracy with 672 statistics; per activation 97.53 ± 0.56% (one seed at 96.89%, the other
+# two within 0.1 points: within the noise) with 63,120. A batch of 100's mean wanders by
+# 0.02 of the feature's sd per channel and 0.11 per activation, 1/sqrt(100) as for 100
+# independent values.
 #
 # Run it (`--help` lists every option; `tfbn experiment per_channel` runs the same):
 #
