@@ -32,7 +32,6 @@ import importlib
 import time
 
 import keras
-import numpy as np
 
 from tfbn.config import (check_fields, check_fraction, check_positive, check_positive_integers,
                          check_verbose, option)
