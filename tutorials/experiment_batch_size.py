@@ -20,7 +20,11 @@
 # digits in inference mode (BN with its moving statistics).
 #
 # **Result** (the default run: 3,000 training images, 2 epochs, seeds 0-2; the mean ± sd
-# over the seeds; `docs/experiments.md` has the figure and the full table): RESULT
+# over the seeds; `docs/experiments.md` has the figure and the full table): at batch 2, BN 83.47 ± 2.05%
+# test accuracy against 95.29 ± 0.42% without normalization; renorm 87.73 ± 0.73%; group
+# norm 95.65 ± 0.89% and layer norm 95.30 ± 1.03% are unaffected. From batch 8 BN is level
+# with no normalization, from 32 ahead of it (95.63 ± 0.37% against 93.62 ± 0.97%), and
+# renorm is best at 32 (96.40 ± 0.07%).
 #
 # Run it (`--help` lists every option; `tfbn experiment batch_size` runs the same):
 #

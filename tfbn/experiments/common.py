@@ -105,8 +105,12 @@ def plot_seeds(axes, labels: list[str], summaries: list[dict], noise: float | No
         axes.legend(loc="lower right", fontsize=8)
     axes.set_xticks(range(len(labels)), labels, fontsize=8)
     axes.set_xlim(-0.6, len(labels) - 0.4)
-    if axes.get_ylim()[1] > 100:  # mean + sd can pass 100%; an accuracy cannot
-        axes.set_ylim(top=100.05)
+    # Every seed and bar inside the axes, with a margin; mean + sd can pass 100%, an
+    # accuracy cannot.
+    low = min(100 * min(min(s["values"]), s["mean"] - s["sd"]) for s in summaries)
+    high = max(100 * max(max(s["values"]), s["mean"] + s["sd"]) for s in summaries)
+    margin = 0.08 * max(high - low, 0.1)
+    axes.set_ylim(low - margin, min(high + margin, 100.05))
     axes.grid(axis="y", alpha=0.3)
 
 
