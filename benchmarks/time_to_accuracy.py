@@ -22,7 +22,6 @@ It writes OUT/summary.md (the table) and OUT/summary.json (every seed's numbers)
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ import sys
 from pathlib import Path
 
 from tfbn import rundir
+from tfbn.files import write_json_atomically, write_text_atomically
 
 THRESHOLDS = (0.985, 0.990, 0.993, 0.995)
 # The 5.0 recipe without BN: its learning rate, scaled by this, is the best of the
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     table = markdown(summary)
     options.out.mkdir(parents=True, exist_ok=True)
-    (options.out / "summary.md").write_text(table + "\n")
-    (options.out / "summary.json").write_text(json.dumps(_json_ready(summary), indent=1) + "\n")
+    write_text_atomically(options.out / "summary.md", table + "\n")
+    write_json_atomically(options.out / "summary.json", _json_ready(summary))
     print("epochs to the test accuracy (median over the seeds; the run's CPU and wall "
           "seconds at that epoch's end):")
     print(table)

@@ -60,7 +60,7 @@ from tfbn.config import (check_fields, check_positive, check_positive_integers, 
                          option)
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
-    dataset_field, noise_floor, outdir_field, percent_spread, prepare_training_subset,
+    dataset_field, noise_floor, outdir_field, percent_spread, plural, prepare_training_subset,
     save_results, seed_field, seeds_field, spread, verbose_field)
 
 TITLE = TITLES["batch_size"]
@@ -171,7 +171,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
     seeds = list(range(config.seed, config.seed + config.seeds))
     normalizers = parse_normalizers(config.normalizers)
     print(f"batch_size experiment: {len(subset.x_train)} training images, "
-          f"{_epochs(config.epochs)} at batch sizes {config.batch_sizes}, seeds {seeds}, "
+          f"{plural(config.epochs, 'epoch')} at batch sizes {config.batch_sizes}, seeds {seeds}, "
           f"normalizers {', '.join(normalizers)}")
     variants = []
     for normalizer in normalizers:
@@ -219,10 +219,6 @@ def run(config: Config | None = None, arrays=None) -> dict:
                "noise_floor": noise, "variants": variants}
     save_results(config.outdir, metrics, _figure(variants, config, noise, seeds), config)
     return metrics
-
-
-def _epochs(count: int) -> str:
-    return f"{count} epoch{'s' if count != 1 else ''}"
 
 
 def _add_differences_to_none(variants: list[dict]) -> None:
@@ -288,8 +284,8 @@ def _figure(variants: list[dict], config: Config, noise: float, seeds: list[int]
         axes.legend(fontsize=8, loc="best")
     images = config.epochs * config.train_size
     figure.suptitle(f"Small training batches: the narrow conv net, {config.train_size:,} "
-                    f"images x {_epochs(config.epochs)} at every batch size (about {images:,} "
-                    f"images seen), Adam, {config.learning_rate_scaling} rate scaling; "
+                    f"images x {plural(config.epochs, 'epoch')} at every batch size "
+                    f"(about {images:,} images seen), Adam, {config.learning_rate_scaling} rate scaling; "
                     f"seeds {seeds[0]}-{seeds[-1]} (dots), mean ± sd (bands)", fontsize=10)
     figure.tight_layout()
     return figure
