@@ -230,3 +230,21 @@ def call_in_training_mode(model, inputs):
     for variable, value in zip(model.non_trainable_variables, state):
         variable.assign(value)
     return outputs
+
+
+def plot_mean_and_spread(axes, x, per_seed, label: str, color: str | None = None,
+                         **style) -> None:
+    """A curve measured once per seed (`per_seed`: one sequence per seed, each as long as
+    `x`): their mean as a line, and mean ± sd as a shaded band (no band for one seed)."""
+    values = np.asarray(per_seed, dtype=float)
+    mean = values.mean(axis=0)
+    line, = axes.plot(x, mean, label=label, color=color, **style)
+    if len(values) > 1:
+        sd = values.std(axis=0, ddof=1)
+        axes.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2,
+                          linewidth=0)
+
+
+def mean_per_step(per_seed) -> list[float]:
+    """The mean over seeds of a curve measured once per seed, step by step."""
+    return [float(value) for value in np.asarray(per_seed, dtype=float).mean(axis=0)]
