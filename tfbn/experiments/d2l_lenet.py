@@ -41,7 +41,8 @@ from tfbn.config import (
     check_fields, check_positive, check_positive_integers, check_verbose, option)
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
-    dataset_arrays, outdir_field, save_results, seed_field, verbose_field)
+    dataset_arrays, noise_floor, outdir_field, percent_spread, plot_mean_and_spread, plot_seeds,
+    plural, save_results, seed_field, seeds_field, spread, verbose_field)
 from tfbn.layer import BatchNorm
 from tfbn.practice import recalibrate_batchnorm
 
@@ -49,8 +50,11 @@ TITLE = TITLES["d2l_lenet"]
 
 DATASET = "fashion_mnist"
 D2L_EPOCHS = 10
-EVALUATION_BATCH_SIZE = 1000
 RECALIBRATION_BATCHES = 50
+# How a BN network's test accuracy is measured (Keras's validation is the first).
+EVALUATIONS = {"moving": "moving statistics",
+               "recalibrated": "recalibrated statistics",
+               "per_batch": "each test batch's statistics"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +86,14 @@ class Config:
     plain_learning_rate: float = dataclasses.field(
         default=0.9, metadata=option("SGD learning rate of the LeNet without BN "
                                      "(d2l's LeNet chapter: 0.9)"))
+    seeds: int = seeds_field(3)
     seed: int = seed_field()
     outdir: str = outdir_field("d2l_lenet")
     verbose: int = verbose_field(2, "epoch")
 
     def __post_init__(self):
         check_fields(self)
-        check_positive_integers(self, "epochs", "batch_size")
+        check_positive_integers(self, "epochs", "batch_size", "seeds")
         check_positive(self, "learning_rate", "plain_learning_rate")
         check_verbose(self)
 
@@ -147,90 +152,207 @@ def build_network(name: str) -> keras.Model:
     return builders[name]()
 
 
+class EpochEvaluations(keras.callbacks.Callback):
+    """After each epoch, the test accuracy of a BN network three ways: with its moving
+    statistics (what Keras's validation reports), recalibrated (the moving statistics
+    replaced by the average batch statistics of the current weights over fixed training
+    images, then put back), and normalizing each test batch with its own statistics. The
+    model leaves every epoch exactly as it came: training goes on as if nothing was
+    measured."""
+
+    def __init__(self, test_images, test_labels, recalibration_images, batch_size: int,
+                 evaluations=tuple(EVALUATIONS)):
+        super().__init__()
+        self.test_images, self.test_labels = test_images, test_labels
+        self.recalibration_images = recalibration_images
+        self.batch_size = batch_size
+        self.curves = {evaluation: [] for evaluation in evaluations}
+
+    def on_epoch_end(self, epoch, logs=None):
+        for evaluation in self.curves:
+            self.curves[evaluation].append(self.accuracy(evaluation))
+
+    def accuracy(self, evaluation: str) -> float:
+        model = self.model
+        state = [variable.numpy() for variable in model.non_trainable_variables]
+        if evaluation == "recalibrated":
+            recalibrate_batchnorm(model, self.recalibration_images,
+                                  batch_size=self.batch_size)
+        correct = 0
+        for start in range(0, len(self.test_images), self.batch_size):
+            images = self.test_images[start:start + self.batch_size]
+            logits = model(images, training=evaluation == "per_batch")
+            correct += int(np.sum(np.argmax(keras.ops.convert_to_numpy(logits), axis=1)
+                                  == self.test_labels[start:start + self.batch_size]))
+        for variable, value in zip(model.non_trainable_variables, state):
+            variable.assign(value)
+        return correct / len(self.test_images)
+
+
+def largest_swing(curve) -> float:
+    """The largest change of a per-epoch curve from one epoch to the next."""
+    return float(np.max(np.abs(np.diff(curve)))) if len(curve) > 1 else 0.0
+
+
+def train_network(network: Network, config: Config, arrays, seed: int, images) -> dict:
+    """One network trained d2l's way from `seed`; its per-epoch curves and seconds."""
+    keras.utils.set_random_seed(seed)
+    # A fresh pipeline per network: one shared pipeline would show each network the next
+    # epochs' orders, not the same ones.
+    train_dataset, _ = data.mnist_datasets(config.batch_size, seed=seed, arrays=arrays)
+    model = build_network(network.name)
+    rate = config.plain_learning_rate if network.name == "none" else config.learning_rate
+    model.compile(optimizer=keras.optimizers.SGD(rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    x_test, y_test, recalibration_images = images
+    # Without BN the three evaluations are one: inference mode.
+    evaluations = EpochEvaluations(x_test, y_test, recalibration_images, config.batch_size,
+                                   ("moving",) if network.name == "none" else EVALUATIONS)
+    started = time.perf_counter()
+    history = model.fit(train_dataset, epochs=config.epochs, verbose=config.verbose,
+                        shuffle=False,  # the dataset reshuffles itself every epoch
+                        callbacks=[evaluations])
+    return {"learning_rate": rate,
+            "test_accuracy_per_epoch": evaluations.curves,
+            "train_accuracy_per_epoch": [float(a) for a in history.history["accuracy"]],
+            "train_loss_per_epoch": [float(a) for a in history.history["loss"]],
+            "training_seconds": round(time.perf_counter() - started, 1)}
+
+
+def summarize(network: Network, runs: list[dict]) -> dict:
+    """The per-seed runs of one network: every seed's curves, and the spreads of its final,
+    best and swing numbers for each evaluation."""
+    evaluations = list(runs[0]["test_accuracy_per_epoch"])
+    per_epoch = {evaluation: [run["test_accuracy_per_epoch"][evaluation] for run in runs]
+                 for evaluation in evaluations}
+    return {
+        "label": network.label,
+        "learning_rate": runs[0]["learning_rate"],
+        "d2l_test_accuracy": network.d2l_test_accuracy,
+        "test_accuracy": {evaluation: spread([curve[-1] for curve in curves])
+                          for evaluation, curves in per_epoch.items()},
+        "best_epoch_test_accuracy": {evaluation: spread([max(curve) for curve in curves])
+                                     for evaluation, curves in per_epoch.items()},
+        "largest_swing": {evaluation: spread([largest_swing(curve) for curve in curves])
+                          for evaluation, curves in per_epoch.items()},
+        "train_accuracy": spread([run["train_accuracy_per_epoch"][-1] for run in runs]),
+        "train_loss": spread([run["train_loss_per_epoch"][-1] for run in runs]),
+        "test_accuracy_per_epoch": per_epoch,
+        "train_loss_per_epoch": [run["train_loss_per_epoch"] for run in runs],
+        "train_accuracy_per_epoch": [run["train_accuracy_per_epoch"] for run in runs],
+        "training_seconds": [run["training_seconds"] for run in runs],
+    }
+
+
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
     arrays = dataset_arrays(arrays, DATASET)
-    print(f"d2l LeNet cross-check on Fashion-MNIST: {config.epochs} epochs of batch "
+    (x_train, _), (x_test, y_test) = arrays
+    images = (data.normalize_images(x_test), y_test.astype(np.int64),
+              data.normalize_images(x_train[:RECALIBRATION_BATCHES * config.batch_size]))
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    print(f"d2l LeNet cross-check on Fashion-MNIST: {plural(config.epochs, 'epoch')} of batch "
           f"{config.batch_size}, SGD {config.learning_rate:g} (BN) / "
-          f"{config.plain_learning_rate:g} (no BN)")
+          f"{config.plain_learning_rate:g} (no BN), seeds {seeds}")
 
     results = {}
     for network in NETWORKS:
-        keras.utils.set_random_seed(config.seed)
-        # A fresh pipeline per network: one shared pipeline would show each network the
-        # next epochs' orders, not the same ones.
-        train_dataset, test_dataset = data.mnist_datasets(
-            config.batch_size, seed=config.seed, arrays=arrays,
-            test_batch_size=EVALUATION_BATCH_SIZE)
-        model = build_network(network.name)
-        rate = config.plain_learning_rate if network.name == "none" else config.learning_rate
-        model.compile(optimizer=keras.optimizers.SGD(rate),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"])
-        started = time.perf_counter()
-        history = model.fit(train_dataset, epochs=config.epochs, verbose=config.verbose,
-                            shuffle=False,  # the dataset reshuffles itself every epoch
-                            validation_data=test_dataset)
-        seconds = time.perf_counter() - started
-        test_accuracy = history.history["val_accuracy"][-1]
-        recalibrated = None
-        if network.name != "none":
-            # PreciseBN: the statistics of the final weights instead of moving averages
-            # taken while rate 1.0 still moved the weights.
-            recalibrate_batchnorm(model, train_dataset, steps=RECALIBRATION_BATCHES)
-            recalibrated = float(model.evaluate(test_dataset, verbose=0)[1])
-        results[network.name] = {
-            "label": network.label,
-            "learning_rate": rate,
-            "test_accuracy": float(test_accuracy),
-            "d2l_test_accuracy": network.d2l_test_accuracy,
-            "difference_from_d2l": float(test_accuracy - network.d2l_test_accuracy),
-            "train_accuracy": float(history.history["accuracy"][-1]),
-            "train_loss": float(history.history["loss"][-1]),
-            "test_accuracy_per_epoch": [float(a) for a in history.history["val_accuracy"]],
-            "train_loss_per_epoch": [float(a) for a in history.history["loss"]],
-            "training_seconds": round(seconds, 1),
-            "test_accuracy_recalibrated": recalibrated,
-        }
-        print(f"{network.label:>32}: test accuracy {test_accuracy:.3f} (d2l, 10 epochs: "
-              f"{network.d2l_test_accuracy:.3f}), train accuracy "
-              f"{history.history['accuracy'][-1]:.3f}; {seconds:.0f} s")
-        if recalibrated is not None:
-            print(f"{'':>32}  recalibrated over {RECALIBRATION_BATCHES} training batches: "
-                  f"test accuracy {recalibrated:.3f}")
+        runs = []
+        for seed in seeds:
+            runs.append(train_network(network, config, arrays, seed, images))
+            final = {evaluation: curve[-1]
+                     for evaluation, curve in runs[-1]["test_accuracy_per_epoch"].items()}
+            print(f"{network.label:>32}, seed {seed}: test accuracy "
+                  + ", ".join(f"{evaluation} {value:.3f}" for evaluation, value in final.items())
+                  + f"; train accuracy {runs[-1]['train_accuracy_per_epoch'][-1]:.3f}; "
+                    f"{runs[-1]['training_seconds']:.0f} s")
+        results[network.name] = summarize(network, runs)
 
-    metrics = {"experiment": "d2l_lenet", "dataset": DATASET, "networks": results}
-    save_results(config.outdir, metrics, _figure(results, config), config)
+    best = max(summary["mean"] for result in results.values()
+               for summary in result["test_accuracy"].values())
+    noise = noise_floor(best, len(y_test))
+    print(f"\nmean ± sd over seeds {seeds}, after {plural(config.epochs, 'epoch')} "
+          f"(d2l after {D2L_EPOCHS}):")
+    for network in NETWORKS:
+        result = results[network.name]
+        for evaluation, summary in result["test_accuracy"].items():
+            how = "inference" if network.name == "none" else EVALUATIONS[evaluation]
+            print(f"{network.label:>32} {how:>29}: "
+                  f"{percent_spread(summary)}  (d2l {100 * network.d2l_test_accuracy:.1f}%; "
+                  f"largest swing between epochs "
+                  f"{100 * result['largest_swing'][evaluation]['mean']:.1f} points)")
+    print(f"the test set's noise floor: ± {100 * noise:.2f} points at {100 * best:.2f}%")
+    metrics = {"experiment": "d2l_lenet", "dataset": DATASET, "seeds": seeds,
+               "test_size": int(len(y_test)), "noise_floor": noise,
+               "evaluations": EVALUATIONS, "networks": results}
+    save_results(config.outdir, metrics, _figure(results, config, noise, seeds), config)
     return metrics
 
 
-def _figure(results: dict, config: Config):
+def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
-    accuracy_axes, loss_axes = figure.subplots(1, 2)
+    figure = Figure(figsize=(16, 5), layout="constrained")
+    curve_axes, final_axes, loss_axes = figure.subplots(
+        1, 3, gridspec_kw={"width_ratios": [1.1, 1.3, 0.9]})
     epochs = np.arange(1, config.epochs + 1)
+    plotted = []
     for network in NETWORKS:
         result = results[network.name]
-        style = {"color": network.color, "marker": network.marker,
-                 "linestyle": network.linestyle}
-        accuracy_axes.plot(epochs, result["test_accuracy_per_epoch"], **style,
-                           label=f"{network.label}: {result['test_accuracy']:.3f}")
-        accuracy_axes.axhline(network.d2l_test_accuracy, color=network.color, linestyle=":",
-                              label=f"d2l after {D2L_EPOCHS} epochs: "
-                                    f"{network.d2l_test_accuracy:.3f}")
-        loss_axes.plot(epochs, result["train_loss_per_epoch"], **style, label=network.label)
-    accuracy_axes.set(title="(a) test accuracy after each epoch\n(dotted: d2l's published "
-                            "final accuracy)", xlabel="epoch", ylabel="test accuracy")
-    loss_axes.set(title="(b) training loss (running mean over each epoch)", xlabel="epoch",
+        for evaluation, linestyle in (("moving", "-"), ("recalibrated", ":")):
+            if evaluation in result["test_accuracy_per_epoch"]:
+                curves = 100 * np.array(result["test_accuracy_per_epoch"][evaluation])
+                plotted.append(curves.mean(axis=0))
+                label = (network.label if network.name == "none"
+                         else f"{network.label}, {EVALUATIONS[evaluation]}")
+                plot_mean_and_spread(curve_axes, epochs, curves, label,
+                                     network.color, marker=network.marker,
+                                     linestyle=linestyle, markersize=4)
+        plot_mean_and_spread(loss_axes, epochs, result["train_loss_per_epoch"], network.label,
+                             network.color, marker=network.marker,
+                             linestyle=network.linestyle, markersize=4)
+    # The story is in the 70-90% band; chance-level first epochs (no BN) would squash it.
+    values = np.concatenate(plotted)
+    trained = values[values >= 50]
+    bottom = float(np.floor(trained.min() - 3)) if len(trained) else 0.0
+    below = bool(np.any(values < bottom))
+    curve_axes.set_ylim(bottom, min(100.0, float(np.ceil(values.max() + 3))))
+    curve_axes.set(title="(a) test accuracy after each epoch: mean ± sd over seeds"
+                         + ("\n(points under the axis: no BN at chance)" if below else ""),
+                   xlabel="epoch", ylabel="test accuracy (%)")
+    curve_axes.legend(loc="lower right", fontsize=7)
+    curve_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+    labels, summaries, colors = [], [], []
+    for network in NETWORKS:
+        for evaluation, summary in results[network.name]["test_accuracy"].items():
+            short = {"scratch": "scratch", "builtin": "built in", "none": "no BN"}[network.name]
+            how = "inference" if network.name == "none" else evaluation.replace("_", " ")
+            labels.append(f"{short}\n{how}")
+            summaries.append(summary)
+            colors.append(network.color)
+    plot_seeds(final_axes, labels, summaries, noise, colors=colors)
+    bn_reference = [network.d2l_test_accuracy for network in NETWORKS if network.name != "none"]
+    final_axes.axhline(100 * np.mean(bn_reference), color="black", linestyle="--", linewidth=1,
+                       label=f"d2l, BN: {100 * bn_reference[0]:.1f}% (scratch), "
+                             f"{100 * bn_reference[1]:.1f}% (built in)")
+    final_axes.axhline(100 * NETWORKS[-1].d2l_test_accuracy, color="tab:gray", linestyle="--",
+                       linewidth=1, label=f"d2l, no BN: {100 * NETWORKS[-1].d2l_test_accuracy:.1f}%")
+    low, high = final_axes.get_ylim()
+    final_axes.set_ylim(min(low, 100 * NETWORKS[-1].d2l_test_accuracy - 1),
+                        min(100.05, max(high, 100 * max(bn_reference) + 1)))
+    final_axes.legend(loc="lower left", fontsize=7)
+    final_axes.set(title=f"(b) after epoch {config.epochs}: every seed (dots), mean ± sd (bars)",
+                   ylabel="test accuracy (%)")
+    loss_axes.set(title="(c) training loss (running mean over each epoch)", xlabel="epoch",
                   ylabel="cross-entropy")
-    accuracy_axes.legend(loc="lower right", fontsize=8)
-    loss_axes.legend(loc="upper right")
-    for axes in (accuracy_axes, loss_axes):
+    loss_axes.legend(loc="upper right", fontsize=8)
+    loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for axes in (curve_axes, loss_axes):
         axes.grid(alpha=0.3)
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle(f"d2l.ai's LeNet (sigmoid) on Fashion-MNIST: {config.epochs} epochs, "
+    figure.suptitle(f"d2l.ai's LeNet (sigmoid) on Fashion-MNIST: {plural(config.epochs, 'epoch')}, "
                     f"batch {config.batch_size}, SGD {config.learning_rate:g} with BN, "
-                    f"{config.plain_learning_rate:g} without")
+                    f"{config.plain_learning_rate:g} without; seeds {seeds[0]}-{seeds[-1]}")
     return figure
