@@ -114,6 +114,33 @@ def test_percentiles_per_layer(resumed_run):
     assert np.all(relu_minimum >= 0)
 
 
+def test_activation_strips_are_percentiles_of_each_units_maximum_over_the_digits(resumed_run,
+                                                                                tiny_mnist):
+    history = resumed_run["history"]
+    model = resumed_run["model"]
+    probe = keras.Model(model.inputs[0], model.get_layer("dense_relu").output)
+    digits = flat(tiny_mnist[0][0])[:history["sample_sizes"]["activations"]]
+    unit_maxima = np.max(probe(digits, training=False).numpy(), axis=0)
+    assert history["activation_statistic"] == "maximum over the digits"
+    np.testing.assert_allclose(history["activations"][0]["percentiles"][-1],
+                               np.percentile(unit_maxima, history["percentiles"]),
+                               rtol=1e-5, atol=1e-6)
+    # The raw ReLU outputs' median is 0 (about half the inputs are negative); no unit's
+    # maximum over the digits is.
+    assert np.median(probe(digits, training=False).numpy()) == 0.0
+    assert history["activations"][0]["percentiles"][-1][3] > 0.0
+
+
+def test_a_history_of_raw_activation_percentiles_keeps_its_title(resumed_run):
+    history = copy.deepcopy(resumed_run["history"])
+    del history["activation_statistic"]  # written before the batch maximum
+    titles = [axes.get_title() for axes in render_dashboard(history).axes]
+    assert any(title.startswith("Activations: percentiles per layer (") for title in titles)
+    titles = [axes.get_title() for axes in render_dashboard(resumed_run["history"]).axes]
+    assert any(title.startswith("Activations: percentiles per layer of each unit's maximum "
+                                "over 64 training digits") for title in titles)
+
+
 def test_digits_are_recorded_with_misclassified_first_on_test(resumed_run):
     digits = resumed_run["history"]["digits"]
     for split in ("train", "test"):
@@ -277,6 +304,7 @@ def test_a_training_curve_at_100_percent_stays_inside_the_axes(resumed_run):
     figure = render_dashboard(history)
     accuracy = next(axes for axes in figure.axes if axes.get_label() == "accuracy")
     assert accuracy.get_ylim()[1] > 1.0
+    assert max(accuracy.get_yticks()) <= 1.0  # no tick for an accuracy above 100%
 
 
 def test_a_short_run_shows_its_whole_curves(resumed_run):

@@ -7,7 +7,11 @@ digits, misclassified ones on a red background with the predicted label in their
 Every `every_n_batches` optimizer steps, and at the end of each epoch, `Dashboard` evaluates
 the model in inference mode on fixed samples of the training and test sets (the first
 `sample_size` digits of each), so both curves are measured the same way and cost little.
-Activations are measured on the first `ACTIVATION_SAMPLE_SIZE` training-sample digits.
+Activations are measured on the first `ACTIVATION_SAMPLE_SIZE` training-sample digits, as
+the codelab's BN steps plot them: each activation's maximum over those digits (its
+`tf.reduce_max(Y, [0])`), whose percentiles over a layer's units are drawn. A ReLU's
+output is 0 for about half its inputs, so percentiles of the raw values sit at 0 and hide
+what BN does; the batch maximum shows how far each unit fires.
 
 The recorded series live in `<logdir>/dashboard.json`, rewritten atomically each epoch and
 reloaded on construction, so a resumed run's `<logdir>/dashboard.png` shows its whole
@@ -30,6 +34,9 @@ HISTORY_FILE = DASHBOARD
 FIGURE_FILE = "dashboard.png"
 HISTORY_FORMAT = "tfbn-dashboard/1"
 PERCENTILES = (0, 5, 25, 50, 75, 95, 100)
+# What the activation strips summarize. A history written before this key existed holds
+# percentiles of the raw activations, and a resumed run goes on recording those.
+BATCH_MAXIMUM = "maximum over the digits"
 ACTIVATION_SAMPLE_SIZE = 100
 DIGITS_SHOWN = 100
 DIGIT_COLUMNS = 10
@@ -148,7 +155,9 @@ class Dashboard(keras.callbacks.Callback):
                 self._train_inputs[:ACTIVATION_SAMPLE_SIZE], training=False)
             if not isinstance(activations, (list, tuple)):
                 activations = [activations]
+            batch_maximum = history.get("activation_statistic") == BATCH_MAXIMUM
             for series, values in zip(history["activations"], activations):
+                values = np.max(np.asarray(values), axis=0) if batch_maximum else values
                 series["percentiles"].append(_percentiles(values))
         self._predictions = (train_probabilities.argmax(-1), test_probabilities.argmax(-1))
         if self.live_figure is not None:
@@ -196,6 +205,7 @@ def new_history(train_sample_size, test_sample_size):
         "epoch_end_steps": [],
         "weights": [],
         "activations": [],
+        "activation_statistic": BATCH_MAXIMUM,
         "digits": None,
     }
 
@@ -262,17 +272,19 @@ def render_dashboard(history, figure=None):
     steps = history["steps"]
     accuracy_axes = figure.add_subplot(grid[0, 0], label="accuracy")
     _plot_metric(accuracy_axes, history, "accuracy", PANEL_TITLES[0], "accuracy")
-    # No cap at 1.0: a training curve at 100% must stay visible above the axis edge.
-    accuracy_axes.set_ylim(_zoomed_limits(
+    _set_accuracy_limits(accuracy_axes, _zoomed_limits(
         [history["train_accuracy"], history["test_accuracy"]], steps))
     loss_axes = figure.add_subplot(grid[0, 1], label="loss")
     _plot_metric(loss_axes, history, "loss", PANEL_TITLES[1], "cross-entropy")
     loss_axes.set_ylim(_zoomed_limits(
         [history["train_loss"], history["test_loss"]], steps, lower=0.0))
     _plot_layer_strips(figure, grid[1, 0], "weights", history, PANEL_TITLES[3])
+    digits_measured = history["sample_sizes"]["activations"]
     _plot_layer_strips(
         figure, grid[1, 1], "activations", history,
-        f"{PANEL_TITLES[4]} ({history['sample_sizes']['activations']} training digits)")
+        f"{PANEL_TITLES[4]} of each unit's maximum over {digits_measured} training digits"
+        if history.get("activation_statistic") == BATCH_MAXIMUM
+        else f"{PANEL_TITLES[4]} ({digits_measured} training digits)")
     digits = history["digits"] or {}
     _plot_digits(figure.add_subplot(grid[0, 2], label="train_digits"), digits.get("train"),
                  PANEL_TITLES[2])
@@ -366,6 +378,15 @@ def _zoomed_limits(curves, steps, lower=None, upper=None):
     margin = max(0.1 * (high - low), 0.01)
     return (low - margin if lower is None else max(low - margin, lower),
             high + margin if upper is None else min(high + margin, upper))
+
+
+def _set_accuracy_limits(axes, limits):
+    """The zoomed limits, never past 1.0 in the ticks, with a sliver of room above 1.0 so
+    that a training curve at 100% stays visible on the axis' edge."""
+    low, high = limits[0], min(limits[1], 1.0)
+    ticks = [tick for tick in MaxNLocator(6).tick_values(low, high) if low <= tick <= 1.0]
+    axes.set_yticks(ticks)
+    axes.set_ylim(low, high + 0.015 * (high - low))
 
 
 def _mark_epochs(axes, epoch_end_steps):
