@@ -1,5 +1,6 @@
 """Experiments 4, 5 and 7 (dropout, weight_decay, d2l_lenet), on tiny MNIST-shaped data."""
 
+import contextlib
 import importlib.util
 import json
 from pathlib import Path
@@ -8,7 +9,8 @@ import keras
 import numpy as np
 import pytest
 
-from tfbn import BatchNorm, cli, models, steps
+from tfbn import BatchNorm, cli, data, models, steps
+from tfbn.practice import recalibrate_batchnorm
 from tfbn.experiments import common, d2l_lenet, dropout, weight_decay
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
@@ -22,18 +24,35 @@ def load_tutorial(name: str):
     return module
 
 
-@pytest.fixture
-def first_epoch_orders(monkeypatch):
-    """The labels of the first epoch each `fit` call is given, in the order they come."""
-    orders = []
+class FitRecord:
+    """What each `fit` call is given, in the order they come: the labels of its first epoch
+    and the model's initial weights."""
+
+    def __init__(self):
+        self.orders: list[np.ndarray] = []
+        self.initial_weights: list[list[np.ndarray]] = []
+
+
+@contextlib.contextmanager
+def recording_fits():
+    record = FitRecord()
     fit = keras.Model.fit
 
     def recording_fit(self, dataset, *args, **kwargs):
-        orders.append(np.concatenate([labels.numpy() for _, labels in dataset]))
+        record.orders.append(np.concatenate([labels.numpy() for _, labels in dataset]))
+        record.initial_weights.append(self.get_weights())
         return fit(self, dataset, *args, **kwargs)
 
-    monkeypatch.setattr(keras.Model, "fit", recording_fit)
-    return orders
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "fit", recording_fit)
+        yield record
+
+
+@pytest.fixture
+def first_epoch_orders():
+    """The labels of the first epoch each `fit` call is given, in the order they come."""
+    with recording_fits() as record:
+        yield record.orders
 
 
 def assert_same_order_for_all(orders: list, runs: int) -> None:
@@ -48,26 +67,83 @@ def read_outputs(outdir: Path) -> dict:
     return json.loads((outdir / "metrics.json").read_text())
 
 
+def assert_spread_of(summary: dict, values) -> None:
+    """`summary` is the `spread` of exactly `values`, one per seed."""
+    assert summary["values"] == pytest.approx(list(values))
+    assert summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["sd"] == pytest.approx(np.std(values, ddof=1))
+
+
+def assert_same_weights(first: list, second: list) -> None:
+    assert len(first) == len(second)
+    for one, other in zip(first, second):
+        np.testing.assert_array_equal(one, other)
+
+
+def assert_different_weights(first: list, second: list) -> None:
+    assert any(not np.array_equal(one, other) for one, other in zip(first, second))
+
+
 # ---------------------------------------------------------------------------------------
 # dropout
 
 
-def test_dropout_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
-    tutorial = load_tutorial("dropout")
-    config = dropout.Config(epochs=2, train_size=48, evaluation_size=16,
-                            variants="dropout_before_bn,neither", outdir=str(tmp_path),
-                            verbose=0)
-    metrics = tutorial.main(config, datasets=tiny_mnist)
+@pytest.fixture(scope="module")
+def dropout_run(tiny_mnist, tmp_path_factory):
+    """The dropout lesson on tiny data: two variants of the same shapes, two seeds each, and
+    what each `fit` was given (bn's seeds 0 and 1, then dropout_before_bn's)."""
+    outdir = tmp_path_factory.mktemp("dropout")
+    config = dropout.Config(epochs=2, train_size=48, evaluation_size=16, seeds=2,
+                            variants="dropout_before_bn,bn", outdir=str(outdir), verbose=0)
+    with recording_fits() as fits:
+        metrics = load_tutorial("dropout").main(config, datasets=tiny_mnist)
+    return metrics, fits, outdir
 
-    assert list(metrics["variants"]) == ["neither", "dropout_before_bn"]
-    assert_same_order_for_all(first_epoch_orders, runs=2)
-    assert metrics["train_size"] == 48 and metrics["evaluation_size"] == 16
+
+def test_dropout_tutorial_smoke(dropout_run):
+    metrics, _, outdir = dropout_run
+    assert list(metrics["variants"]) == ["bn", "dropout_before_bn"]
+    assert [metrics[key] for key in ("train_size", "test_size", "evaluation_size")] == [48, 32, 16]
+    assert metrics["seeds"] == [0, 1]
     for result in metrics["variants"].values():
-        assert len(result["sampled_test_accuracy_per_epoch"]) == 2
-        assert 0 <= result["test_accuracy"] <= 1 and np.isfinite(result["test_loss"])
-    written = read_outputs(tmp_path)
+        assert [len(curve) for curve in result["sampled_test_accuracy_per_epoch"]] == [2, 2]
+        assert all(0 <= accuracy <= 1 for accuracy in result["test_accuracy"]["values"])
+        assert np.all(np.isfinite(result["test_loss"]["values"]))
+    written = read_outputs(outdir)
     assert written["variants"] == metrics["variants"]
-    assert written["config"]["variants"] == "dropout_before_bn,neither"
+    assert written["config"]["variants"] == "dropout_before_bn,bn"
+
+
+def test_dropout_summarizes_every_seed(dropout_run):
+    metrics, _, _ = dropout_run
+    for result in metrics["variants"].values():
+        for key in dropout.FINAL_NUMBERS:
+            assert len(result[key]["values"]) == 2
+            assert_spread_of(result[key], result[key]["values"])
+        train, test = (np.array(result[key]["values"]) for key in ("train_accuracy",
+                                                                    "test_accuracy"))
+        assert_spread_of(result["accuracy_gap"], train - test)
+        train, test = (np.array(result[key]["values"]) for key in ("train_loss", "test_loss"))
+        assert_spread_of(result["loss_gap"], test - train)
+    best = max(result["test_accuracy"]["mean"] for result in metrics["variants"].values())
+    assert metrics["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
+
+
+def test_dropout_variants_start_equal_for_a_seed_and_seeds_differ(dropout_run):
+    metrics, fits, _ = dropout_run
+    bn_0, bn_1, dropout_before_bn_0, dropout_before_bn_1 = range(4)
+    assert len(fits.initial_weights) == 4
+    # For one seed, the same initial weights and batches with and without dropout ...
+    assert_same_weights(fits.initial_weights[bn_0], fits.initial_weights[dropout_before_bn_0])
+    assert_same_weights(fits.initial_weights[bn_1], fits.initial_weights[dropout_before_bn_1])
+    np.testing.assert_array_equal(fits.orders[bn_0], fits.orders[dropout_before_bn_0])
+    np.testing.assert_array_equal(fits.orders[bn_1], fits.orders[dropout_before_bn_1])
+    # ... and other ones for another seed, so that the runs differ.
+    assert_different_weights(fits.initial_weights[bn_0], fits.initial_weights[bn_1])
+    assert not np.array_equal(fits.orders[bn_0], fits.orders[bn_1])
+    for result in metrics["variants"].values():
+        first, second = result["test_loss"]["values"]
+        assert first != second
 
 
 @pytest.mark.parametrize("name", ["neither", "dropout", "bn", "dropout_after_bn"])
@@ -104,6 +180,7 @@ def test_dropout_schedule_is_step_3s_compressed_to_the_run():
     ({"dropout_rate": 1.0}, "dropout_rate"),
     ({"train_size": 0}, "train_size"),
     ({"bn": "none"}, "bn"),
+    ({"seeds": 0}, "seeds"),
 ])
 def test_dropout_config_rejects_bad_values_by_name(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -134,27 +211,66 @@ def test_training_subset_is_a_seeded_sample_without_repeats():
 # weight_decay
 
 
-def test_weight_decay_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
-    tutorial = load_tutorial("weight_decay")
-    config = weight_decay.Config(epochs=2, train_size=64, evaluation_size=16,
-                                 include_zero=False, outdir=str(tmp_path), verbose=0)
-    metrics = tutorial.main(config, datasets=tiny_mnist)
+@pytest.fixture(scope="module")
+def weight_decay_run(tiny_mnist, tmp_path_factory):
+    """The weight_decay lesson on tiny data: two strengths, two seeds each, and what each
+    `fit` was given (5e-4's seeds 0 and 1, then 1e-4's)."""
+    outdir = tmp_path_factory.mktemp("weight_decay")
+    config = weight_decay.Config(epochs=2, train_size=64, evaluation_size=16, seeds=2,
+                                 include_zero=False, outdir=str(outdir), verbose=0)
+    with recording_fits() as fits:
+        metrics = load_tutorial("weight_decay").main(config, datasets=tiny_mnist)
+    return metrics, fits, outdir
 
+
+def test_weight_decay_tutorial_smoke(weight_decay_run):
+    metrics, _, outdir = weight_decay_run
     runs = metrics["runs"]
-    assert_same_order_for_all(first_epoch_orders, runs=2)
     assert [run["weight_decay"] for run in runs] == pytest.approx([5e-4, 1e-4])
     assert metrics["steps"] == 2 * 1  # 64 images in one batch of 100, two epochs
+    assert metrics["seeds"] == [0, 1] and metrics["test_size"] == 32
     for run, strength in zip(runs, (5e-4, 1e-4)):
-        assert len(run["kernel_norm_per_epoch"]) == 3  # initial weights, then each epoch
+        # Initial weights, then each epoch; one curve per seed.
+        assert [len(norms) for norms in run["kernel_norm_per_epoch"]] == [3, 3]
+        assert [len(curve) for curve in run["sampled_test_accuracy_per_epoch"]] == [2, 2]
+        assert run["kernel_norm"]["values"] == [norms[-1] for norms in
+                                                run["kernel_norm_per_epoch"]]
         # Keras's loss minus the cross-entropy is the L2 term of the final kernels.
-        assert run["l2_term"] == pytest.approx(strength / 2 * run["kernel_norm"] ** 2, rel=1e-3)
-        assert run["train_cross_entropy"] > 0 and run["test_cross_entropy"] > 0
-        assert run["kernel_norm"] == run["kernel_norm_per_epoch"][-1]
-        assert len(run["sampled_test_accuracy_per_epoch"]) == 2
-    # The same initial weights for every strength: only the training differs.
-    assert runs[0]["kernel_norm_per_epoch"][0] == pytest.approx(
-        runs[1]["kernel_norm_per_epoch"][0])
-    assert read_outputs(tmp_path)["runs"] == runs
+        for l2_term, norm in zip(run["l2_term"]["values"], run["kernel_norm"]["values"]):
+            assert l2_term == pytest.approx(strength / 2 * norm ** 2, rel=1e-3)
+        for key in ("train_cross_entropy", "test_cross_entropy"):
+            assert min(run[key]["values"]) > 0
+    assert read_outputs(outdir)["runs"] == runs
+
+
+def test_weight_decay_summarizes_every_seed(weight_decay_run):
+    metrics, _, _ = weight_decay_run
+    for run in metrics["runs"]:
+        for key in weight_decay.FINAL_NUMBERS:
+            assert len(run[key]["values"]) == 2
+            assert_spread_of(run[key], run[key]["values"])
+    best = max(run["test_accuracy"]["mean"] for run in metrics["runs"])
+    assert metrics["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
+
+
+def test_weight_decay_strengths_start_equal_for_a_seed_and_seeds_differ(weight_decay_run):
+    metrics, fits, _ = weight_decay_run
+    usual_0, usual_1, reduced_0, reduced_1 = range(4)
+    assert len(fits.initial_weights) == 4
+    # For one seed, the same initial weights and batches at every strength ...
+    assert_same_weights(fits.initial_weights[usual_0], fits.initial_weights[reduced_0])
+    assert_same_weights(fits.initial_weights[usual_1], fits.initial_weights[reduced_1])
+    np.testing.assert_array_equal(fits.orders[usual_0], fits.orders[reduced_0])
+    np.testing.assert_array_equal(fits.orders[usual_1], fits.orders[reduced_1])
+    usual, reduced = metrics["runs"]
+    for seed in (0, 1):
+        assert usual["kernel_norm_per_epoch"][seed][0] == pytest.approx(
+            reduced["kernel_norm_per_epoch"][seed][0])
+    # ... and other ones for another seed, so that the runs differ.
+    assert_different_weights(fits.initial_weights[usual_0], fits.initial_weights[usual_1])
+    assert not np.array_equal(fits.orders[usual_0], fits.orders[usual_1])
+    first, second = usual["kernel_norm_per_epoch"]
+    assert first[0] != pytest.approx(second[0])
 
 
 def test_weight_decay_strengths():
@@ -169,6 +285,7 @@ def test_weight_decay_strengths():
     ({"learning_rate": -0.1}, "learning_rate"),
     ({"dropout_rate": 1.0}, "dropout_rate"),
     ({"epochs": 0}, "epochs"),
+    ({"seeds": 0}, "seeds"),
 ])
 def test_weight_decay_config_rejects_bad_values_by_name(changes, field):
     with pytest.raises(ValueError, match=field):
@@ -215,21 +332,69 @@ def test_with_kernel_l2_of_zero_adds_no_loss():
 
 def test_d2l_lenet_tutorial_smoke(tiny_mnist, tmp_path, first_epoch_orders):
     tutorial = load_tutorial("d2l_lenet")
-    config = d2l_lenet.Config(epochs=2, batch_size=32, outdir=str(tmp_path), verbose=0)
+    config = d2l_lenet.Config(epochs=2, batch_size=32, seeds=2, outdir=str(tmp_path),
+                              verbose=0)
     metrics = tutorial.main(config, datasets=tiny_mnist)
 
     networks = metrics["networks"]
     assert list(networks) == ["scratch", "builtin", "none"]
-    assert_same_order_for_all(first_epoch_orders, runs=3)
+    assert metrics["seeds"] == [0, 1]
+    # Per seed, the three networks see the same batches; the two seeds see different ones.
+    assert len(first_epoch_orders) == 6
+    for seed in range(2):
+        assert_same_order_for_all(first_epoch_orders[seed::2], runs=3)
+    assert not np.array_equal(first_epoch_orders[0], first_epoch_orders[1])
     assert [networks[name]["d2l_test_accuracy"] for name in networks] == [0.883, 0.884, 0.811]
     assert networks["none"]["learning_rate"] == 0.9 and networks["scratch"]["learning_rate"] == 1.0
-    for result in networks.values():
-        assert len(result["test_accuracy_per_epoch"]) == 2
-        assert result["test_accuracy"] == result["test_accuracy_per_epoch"][-1]
-    assert networks["none"]["test_accuracy_recalibrated"] is None
+    assert list(networks["none"]["test_accuracy"]) == ["moving"]
     for name in ("scratch", "builtin"):
-        assert 0.0 <= networks[name]["test_accuracy_recalibrated"] <= 1.0
+        assert list(networks[name]["test_accuracy"]) == ["moving", "recalibrated", "per_batch"]
+    for result in networks.values():
+        for evaluation, curves in result["test_accuracy_per_epoch"].items():
+            assert [len(curve) for curve in curves] == [2, 2]
+            summary = result["test_accuracy"][evaluation]
+            assert summary["values"] == [curve[-1] for curve in curves]
+            assert summary["mean"] == pytest.approx(np.mean(summary["values"]))
     assert read_outputs(tmp_path)["networks"] == networks
+
+
+def test_d2l_epoch_evaluations_match_keras_and_leave_the_model_as_it_was(tiny_mnist):
+    (x_train, _), (x_test, y_test) = tiny_mnist
+    test_images, recalibration_images = (data.normalize_images(x_test),
+                                         data.normalize_images(x_train[:64]))
+    keras.utils.set_random_seed(0)
+    model = d2l_lenet.build_network("scratch")
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    for layer in model.layers:  # moving statistics unlike any batch's
+        if isinstance(layer, BatchNorm):
+            layer.moving_mean.assign(layer.moving_mean + 3.0)
+    evaluations = d2l_lenet.EpochEvaluations(test_images, y_test.astype(np.int64),
+                                             recalibration_images, batch_size=16)
+    evaluations.set_model(model)
+    before = [variable.numpy() for variable in model.variables]
+
+    moving = evaluations.accuracy("moving")
+    assert moving == pytest.approx(model.evaluate(test_images, y_test, verbose=0)[1])
+    per_batch = [evaluations.accuracy("per_batch")]
+    expected = np.mean(np.concatenate([
+        np.argmax(model(test_images[start:start + 16], training=True), axis=1)
+        == y_test[start:start + 16] for start in range(0, len(y_test), 16)]))
+    for variable, value in zip(model.variables, before):
+        variable.assign(value)  # the check itself moved the statistics
+    assert per_batch == [pytest.approx(expected)]
+    recalibrated = evaluations.accuracy("recalibrated")
+    for variable, value in zip(model.variables, before):
+        np.testing.assert_array_equal(variable.numpy(), value)
+    recalibrate_batchnorm(model, recalibration_images, batch_size=16)
+    assert recalibrated == pytest.approx(model.evaluate(test_images, y_test, verbose=0)[1])
+    conv1_bn = model.get_layer("conv1_bn")
+    assert np.all(conv1_bn.moving_mean.numpy() < 2.0)  # the shifted means were replaced
+
+
+def test_largest_swing_is_the_largest_change_between_epochs():
+    assert d2l_lenet.largest_swing([0.5, 0.8, 0.6, 0.65]) == pytest.approx(0.3)
+    assert d2l_lenet.largest_swing([0.7]) == 0.0
 
 
 def test_d2l_networks_have_d2ls_shapes_and_parameter_counts():

@@ -7,8 +7,8 @@ the variance BN learns during training, and that variance is wrong at test time,
 dropout is off.
 
 The experiment trains the step 4.2 convolutional network (6x6x24, 5x5x48 /2, 4x4x64 /2,
-dense 200, ReLU) five ways, everything else equal (the same initial weights where the
-shapes agree, the same data order, Adam with the step 3.x schedule
+dense 200, ReLU) five ways, everything else equal (for a seed, the same initial weights
+where the shapes agree and the same data order; Adam with the step 3.x schedule
 0.0001 + 0.003 e^(-t/T) compressed to the run: the codelab's 10,000 steps span 5 time
 constants T = 2,000, so T is a fifth of the run's steps here too, and every run ends on
 the floor rate, however short):
@@ -19,10 +19,13 @@ the floor rate, however short):
     dropout_before_bn  dense -> dropout -> BN -> ReLU
     dropout_after_bn   dense -> BN -> ReLU -> dropout (step 4.2)
 
-and reports the test accuracy and the train/test gap, in accuracy and in loss, with the
-training accuracy measured in inference mode (dropout off, BN on moving statistics) on
-the very examples it trained on. A training subset makes overfitting, and so the gap,
-visible in a short run.
+each for `seeds` seeds, and reports the test accuracy on all 10,000 test digits and the
+train/test gap, in accuracy and in loss, with the training accuracy measured in inference
+mode (dropout off, BN on moving statistics) on the very examples it trained on: the mean
+± sd over the seeds, every seed's number, and the test set's own noise floor. A training
+subset makes overfitting, and so the gap, visible in a short run. The accuracy after each
+epoch, for the curves, is measured on the first `evaluation_size` test images only
+(`--evaluation-size 10000` measures it on all of them, for about 40% more time).
 
 The BN layers' moving averages use momentum 0.9 by default, not the codelab's 0.99: a
 short run has too few steps for 0.99 (after the 50 steps of a first epoch 0.99^50 = 61% of
@@ -30,11 +33,12 @@ the moving statistics is still the initial 0 and 1, after 300 steps 5%), and the
 accuracy of the BN variants, computed with those statistics, then measures the moving
 averages' lag rather than BN (experiment moving_averages is about that; with 0.99 the
 default run's "BN only" net tests at 96.4% instead of 98.1%, and at 82-95% after each
-epoch, while its training-mode accuracy is 90-100%).
+epoch, while its training-mode accuracy is 90-100%: one seed, before issue 12).
 
-Default (a few minutes on 2 CPU cores): 5,000 training images, 6 epochs of batch 100.
-The full setting, the codelab's 17 epochs on all 60,000 images (about 20 minutes per
-variant on 2 CPU cores):
+Default (about 45 minutes on 2 busy CPU cores, estimated as 5 times one seed's 9 minutes):
+5,000 training images, 6 epochs of batch 100, 5 seeds (the differences are under a
+point). The full setting, the codelab's 17 epochs on all 60,000 images (about 20 minutes
+per variant and seed on 2 CPU cores):
 
     tfbn experiment dropout --train-size 60000 --epochs 17 --bn-momentum 0.99
 """
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import textwrap
 import time
 
 import keras
@@ -53,8 +58,9 @@ from tfbn.config import (
     check_fields, check_fraction, check_positive_integers, check_verbose, option)
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
-    batch_size_field, bn_field, bn_momentum_field, dataset_field,
-    evaluation_size_field, outdir_field, prepare_training_subset, save_results, seed_field,
+    TrainingSubset, batch_size_field, bn_field, bn_momentum_field, dataset_field,
+    evaluation_size_field, noise_floor, outdir_field, percent_spread, plot_mean_and_spread,
+    plot_seeds, plural, prepare_training_subset, save_results, seed_field, seeds_field, spread,
     verbose_field)
 from tfbn.schedules import DecayToFloor
 
@@ -63,6 +69,9 @@ TITLE = TITLES["dropout"]
 DENSE_UNITS = 200
 EVALUATION_BATCH_SIZE = 500
 CODELAB_ITERATIONS = 10_000
+# A run's final numbers, each kept per seed and summarized as a `spread`.
+FINAL_NUMBERS = ("test_accuracy", "train_accuracy", "accuracy_gap", "test_loss",
+                 "train_loss", "loss_gap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,7 @@ class Config:
         metadata=option("comma-separated variants to train, from: "
                         + ", ".join(variant.name for variant in VARIANTS)))
     evaluation_size: int = evaluation_size_field()
+    seeds: int = seeds_field(5)
     dataset: str = dataset_field()
     seed: int = seed_field()
     outdir: str = outdir_field("dropout")
@@ -105,7 +115,8 @@ class Config:
 
     def __post_init__(self):
         check_fields(self)
-        check_positive_integers(self, "epochs", "train_size", "batch_size", "evaluation_size")
+        check_positive_integers(self, "epochs", "train_size", "batch_size", "evaluation_size",
+                                "seeds")
         if not 0 < self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in (0, 1), got {self.dropout_rate!r}")
         check_fraction(self, "bn_momentum")
@@ -133,57 +144,95 @@ def build_model(variant: Variant, *, bn: str = "custom", dropout_rate: float = 0
         name=name or variant.name)
 
 
+def build_initial_model(variant: Variant, seed: int, config: Config) -> keras.Model:
+    """`variant`'s network for `seed`, with the initial weights of its twin without dropout,
+    so that every variant of the same shapes starts from the same weights: a Dropout layer
+    draws a seed of its own when it is built, which changes the initial weights of the
+    layers built after it."""
+    options = dict(bn=config.bn, dropout_rate=config.dropout_rate, momentum=config.bn_momentum)
+    keras.utils.set_random_seed(seed)
+    model = build_model(variant, **options)
+    if variant.dropout:
+        keras.utils.set_random_seed(seed)
+        twin = build_model(dataclasses.replace(variant, dropout=None), **options)
+        model.set_weights(twin.get_weights())
+    return model
+
+
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
     subset = prepare_training_subset(config, arrays)
-    x_train, y_train, y_test = subset.x_train, subset.y_train, subset.y_test
-    train_images, test_images, evaluation = (subset.train_images, subset.test_images,
-                                             subset.evaluation)
-    schedule = compressed_schedule(config.epochs * math.ceil(len(x_train) / config.batch_size))
-    print(f"dropout experiment: {len(x_train)} training images, {config.epochs} epochs, "
-          f"dropout rate {config.dropout_rate}, BN layer: {config.bn} (momentum "
-          f"{config.bn_momentum}), Adam {schedule.floor:g} + {schedule.peak:g} "
-          f"e^(-t / {schedule.decay_steps:g})")
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    schedule = compressed_schedule(
+        config.epochs * math.ceil(len(subset.x_train) / config.batch_size))
+    print(f"dropout experiment: {len(subset.x_train)} training images, "
+          f"{plural(config.epochs, 'epoch')}, seeds {seeds}, dropout rate "
+          f"{config.dropout_rate}, BN layer: {config.bn} (momentum {config.bn_momentum}), "
+          f"Adam {schedule.floor:g} + {schedule.peak:g} e^(-t / {schedule.decay_steps:g})")
 
     results = {}
     for variant in config.chosen_variants():
-        keras.utils.set_random_seed(config.seed)
-        train_dataset = subset.train_dataset(config.batch_size, config.seed)
-        model = build_model(variant, bn=config.bn, dropout_rate=config.dropout_rate,
-                            momentum=config.bn_momentum)
-        model.compile(optimizer=keras.optimizers.Adam(schedule),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-        started = time.perf_counter()
-        history = model.fit(train_dataset, epochs=config.epochs, verbose=config.verbose,
-                            shuffle=False,  # the dataset reshuffles itself every epoch
-                            validation_data=(test_images[evaluation], y_test[evaluation]),
-                            validation_batch_size=EVALUATION_BATCH_SIZE)
-        seconds = time.perf_counter() - started
-        train_loss, train_accuracy = model.evaluate(
-            train_images, y_train, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
-        test_loss, test_accuracy = model.evaluate(
-            test_images, y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
-        results[variant.name] = {
-            "label": variant.label,
-            "test_accuracy": float(test_accuracy),
-            "train_accuracy": float(train_accuracy),
-            "accuracy_gap": float(train_accuracy - test_accuracy),
-            "test_loss": float(test_loss),
-            "train_loss": float(train_loss),
-            "loss_gap": float(test_loss - train_loss),
-            "sampled_test_accuracy_per_epoch": [float(a) for a in
-                                                history.history["val_accuracy"]],
-            "training_seconds": round(seconds, 1),
-        }
-        print(f"{variant.label:>22}: test accuracy {test_accuracy:.4f}, train accuracy "
-              f"{train_accuracy:.4f}, gap {train_accuracy - test_accuracy:+.4f} "
-              f"(loss gap {test_loss - train_loss:+.4f}); {seconds:.0f} s")
+        runs = [train_variant(variant, seed, subset, schedule, config) for seed in seeds]
+        results[variant.name] = summarize_seeds(variant, runs)
+        print(summary_line(results[variant.name]))
+    best = max(result["test_accuracy"]["mean"] for result in results.values())
+    noise = noise_floor(best, len(subset.y_test))
+    print(f"the test set's noise floor: ± {100 * noise:.2f} points at {100 * best:.2f}%")
 
-    metrics = {"experiment": "dropout", "train_size": int(len(x_train)),
-               "evaluation_size": evaluation.stop, "variants": results}
-    save_results(config.outdir, metrics,
-                 _figure(results, config, len(x_train), evaluation.stop), config)
+    metrics = {"experiment": "dropout", "train_size": int(len(subset.x_train)),
+               "test_size": int(len(subset.y_test)),
+               "evaluation_size": subset.evaluation.stop, "seeds": seeds,
+               "noise_floor": noise, "variants": results}
+    save_results(config.outdir, metrics, _figure(metrics, config), config)
     return metrics
+
+
+def train_variant(variant: Variant, seed: int, subset: TrainingSubset,
+                  schedule: DecayToFloor, config: Config) -> dict:
+    """One seed's run of `variant`: its final numbers (FINAL_NUMBERS) on the whole training
+    subset and test set, and the accuracy on the sampled test images after each epoch."""
+    model = build_initial_model(variant, seed, config)
+    model.compile(optimizer=keras.optimizers.Adam(schedule),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    evaluation = subset.evaluation
+    started = time.perf_counter()
+    history = model.fit(subset.train_dataset(config.batch_size, seed), epochs=config.epochs,
+                        verbose=config.verbose,
+                        shuffle=False,  # the dataset reshuffles itself every epoch
+                        validation_data=(subset.test_images[evaluation],
+                                         subset.y_test[evaluation]),
+                        validation_batch_size=EVALUATION_BATCH_SIZE)
+    seconds = time.perf_counter() - started
+    train_loss, train_accuracy = model.evaluate(
+        subset.train_images, subset.y_train, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+    test_loss, test_accuracy = model.evaluate(
+        subset.test_images, subset.y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+    return {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
+            "accuracy_gap": train_accuracy - test_accuracy, "test_loss": test_loss,
+            "train_loss": train_loss, "loss_gap": test_loss - train_loss,
+            "sampled_test_accuracy_per_epoch": [float(accuracy) for accuracy in
+                                                history.history["val_accuracy"]],
+            "training_seconds": seconds}
+
+
+def summarize_seeds(variant: Variant, runs: list[dict]) -> dict:
+    """`variant`'s runs, one per seed: each final number as a `spread`, the curves per seed."""
+    return {"label": variant.label,
+            **{key: spread(run[key] for run in runs) for key in FINAL_NUMBERS},
+            "sampled_test_accuracy_per_epoch": [run["sampled_test_accuracy_per_epoch"]
+                                                for run in runs],
+            "training_seconds": round(sum(run["training_seconds"] for run in runs), 1)}
+
+
+def summary_line(result: dict) -> str:
+    """A variant's test accuracy (mean ± sd, then every seed's) and its two gaps."""
+    accuracy, gap, loss_gap = (result[key] for key in ("test_accuracy", "accuracy_gap",
+                                                       "loss_gap"))
+    return (f"{result['label']:>20}: test accuracy {percent_spread(accuracy)} (seeds: "
+            f"{', '.join(f'{100 * value:.2f}' for value in accuracy['values'])}); gap "
+            f"{100 * gap['mean']:+.2f} ± {100 * gap['sd']:.2f} points, loss gap "
+            f"{loss_gap['mean']:+.3f} ± {loss_gap['sd']:.3f}; "
+            f"{result['training_seconds']:.0f} s")
 
 
 def compressed_schedule(total_steps: int) -> DecayToFloor:
@@ -194,51 +243,56 @@ def compressed_schedule(total_steps: int) -> DecayToFloor:
     return DecayToFloor(original.peak, original.floor, total_steps / time_constants)
 
 
-def _figure(results: dict, config: Config, train_size: int, evaluation_size: int):
+def _as_hundredths(summary: dict) -> dict:
+    """`summary` divided by 100: `plot_seeds` draws fractions in percent, and a
+    cross-entropy is drawn as it is."""
+    return {"mean": summary["mean"] / 100, "sd": summary["sd"] / 100,
+            "values": [value / 100 for value in summary["values"]]}
+
+
+def _figure(metrics: dict, config: Config):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
-    from matplotlib.lines import Line2D
 
-    figure = Figure(figsize=(16, 4.8), layout="constrained")
-    curves, accuracy_gap, loss_gap = figure.subplots(1, 3)
+    results, seeds = metrics["variants"], metrics["seeds"]
+    variants = [variant for variant in VARIANTS if variant.name in results]
+    labels = [textwrap.fill(variant.label, 12) for variant in variants]
+    colors = [variant.color for variant in variants]
+    all_test_images = f"all {metrics['test_size']:,} test images"
+    figure = Figure(figsize=(12, 9), layout="constrained")
+    (curves, accuracy, accuracy_gap, loss_gap) = figure.subplots(2, 2).flat
+
     epochs = np.arange(1, config.epochs + 1)
-    colors = {variant.name: variant.color for variant in VARIANTS}
-    for name, result in results.items():
-        curves.plot(epochs, result["sampled_test_accuracy_per_epoch"], marker="o",
-                    color=colors[name], label=result["label"])
-    curves.set(title=f"(a) test accuracy after each epoch\n"
-                     f"(first {evaluation_size} test images)",
-               xlabel="epoch", ylabel="test accuracy")
-    curves.legend(loc="lower right")
+    for variant in variants:
+        plot_mean_and_spread(curves, epochs, 100 * np.array(
+            results[variant.name]["sampled_test_accuracy_per_epoch"]), variant.label,
+            variant.color, marker="o", markersize=3)
+    curves.set_ylim(top=min(curves.get_ylim()[1], 100))
+    curves.set(title=f"(a) test accuracy after each epoch, mean ± sd (band)\n"
+                     f"first {metrics['evaluation_size']:,} of the {metrics['test_size']:,} "
+                     f"test images", xlabel="epoch", ylabel="test accuracy (%)")
+    curves.legend(loc="best", fontsize=8)
     curves.grid(alpha=0.3)
     curves.xaxis.set_major_locator(MaxNLocator(integer=True))
 
-    legend = [Line2D([], [], marker="^", color="black", linestyle="", label="train"),
-              Line2D([], [], marker="o", markerfacecolor="white", markeredgecolor="black",
-                     linestyle="", label="test (colour: variant)")]
-    positions = np.arange(len(results))
-    labels = [result["label"] for result in results.values()]
-    for axes, key, title, template in (
-            (accuracy_gap, "accuracy", "(b) accuracy: train (inference mode) vs test",
-             "{:+.2%}"),
-            (loss_gap, "loss", "(c) cross-entropy: train vs test", "{:+.3f}")):
-        train_values = np.array([r[f"train_{key}"] for r in results.values()])
-        test_values = np.array([r[f"test_{key}"] for r in results.values()])
-        axes.vlines(positions, np.minimum(train_values, test_values),
-                    np.maximum(train_values, test_values), color="lightgray", linewidth=6)
-        axes.scatter(positions, train_values, marker="^", color="black", zorder=3)
-        axes.scatter(positions, test_values, marker="o", color=[colors[n] for n in results],
-                     zorder=3)
-        for position, train_value, test_value in zip(positions, train_values, test_values):
-            gap = train_value - test_value if key == "accuracy" else test_value - train_value
-            axes.annotate(f"gap {template.format(gap)}", (position, max(train_value, test_value)),
-                          textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8)
-        axes.set_xticks(positions, labels, rotation=20, ha="right")
-        axes.set(title=title, ylabel=key)
-        axes.margins(y=0.2)
-        axes.legend(handles=legend, loc="best")
-        axes.grid(axis="y", alpha=0.3)
-    figure.suptitle(f"Dropout vs batch norm, step 4.2 conv net: {train_size} training "
-                    f"images, {config.epochs} epochs, dropout rate {config.dropout_rate}, "
-                    f"BN momentum {config.bn_momentum}")
+    plot_seeds(accuracy, labels, [results[v.name]["test_accuracy"] for v in variants],
+               metrics["noise_floor"], colors=colors)
+    accuracy.set(title=f"(b) test accuracy after training\n{all_test_images}",
+                 ylabel="test accuracy (%)")
+    plot_seeds(accuracy_gap, labels, [results[v.name]["accuracy_gap"] for v in variants],
+               colors=colors)
+    accuracy_gap.set(title=f"(c) accuracy gap: training (inference mode) minus test\n"
+                           f"{metrics['train_size']:,} training images, {all_test_images}",
+                     ylabel="train − test accuracy (points)")
+    plot_seeds(loss_gap, labels, [_as_hundredths(results[v.name]["loss_gap"])
+                                  for v in variants], colors=colors)
+    loss_gap.set(title=f"(d) loss gap: test minus training cross-entropy\n"
+                       f"{metrics['train_size']:,} training images, {all_test_images}",
+                 ylabel="test − train cross-entropy (nats)")
+
+    seed_text = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
+    figure.suptitle(f"Dropout vs batch norm, step 4.2 conv net: {metrics['train_size']:,} "
+                    f"training images, {plural(config.epochs, 'epoch')}, dropout rate "
+                    f"{config.dropout_rate:g}, BN momentum {config.bn_momentum:g}\n"
+                    f"{seed_text}: every seed (dots), mean ± sd (bars)", fontsize=11)
     return figure

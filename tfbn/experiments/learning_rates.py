@@ -6,14 +6,20 @@ learning rate neither blows the activations up nor pins the sigmoids at 0 or 1, 
 training converges faster.
 
 The experiment trains the codelab's five-layer sigmoid network (784 -> 200 -> 100 -> 60
--> 30 -> 10) as step 2.0 builds it (no BN) and as step 4.0 does (BN with scale and
-offset before each sigmoid), at each learning rate of a sweep, with a constant rate, the
-same optimizer, initial weights and data order, and reports the final test accuracy per
-rate. A run whose loss became NaN or infinite is marked as diverged.
+-> 30 -> 10) with the layers of step 2.0 (no BN) and with those of step 4.0 (BN with
+scale and offset before each sigmoid, no bias before BN), at each learning rate of a
+sweep. Every run uses the same optimizer at a constant rate, not the codelab steps'
+optimizers and schedules: the rate is the only thing that changes. For a seed, both
+networks at every rate start from the same kernels and see the same batches in the same
+order; the sweep runs for `seeds` seeds (seed, seed + 1, ...). It reports, per rate and
+network, the test accuracy on the whole test set after the last step as mean ± sd over
+the seeds with every seed's value, and the test set's own noise floor (the binomial
+standard error at the best mean). A run whose loss became NaN or infinite is marked as
+diverged, seed by seed.
 
-Default (about 6 minutes on 2 shared CPU cores): Adam, six rates from 0.001 to 0.3
-(300x), 1,200 steps of batch 100 (2 epochs) per run, twelve runs. Plain SGD, whose useful
-rates sit a hundred times higher:
+Default (about 19 minutes on 2 shared CPU cores: one seed took 6 min 25 s, before issue
+12): Adam, six rates from 0.001 to 0.3 (300x), 1,200 steps of batch 100 (2 epochs) per
+run, 3 seeds, 36 runs. Plain SGD, whose useful rates sit a hundred times higher:
 
     tfbn experiment learning_rates --optimizer sgd --learning-rates 0.03,0.1,0.3,1,3,10
 
@@ -35,12 +41,16 @@ from tfbn.config import (
     check_fields, check_divides, check_positive_integers, check_verbose, option)
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
-    batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, optimizer_named,
-    outdir_field, save_results, seed_field, verbose_field)
+    batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, noise_floor,
+    optimizer_named, outdir_field, percent_spread, plot_mean_and_spread, plural, save_results,
+    seed_field, seeds_field, spread, verbose_field)
 
 TITLE = TITLES["learning_rates"]
 
+# The codelab step whose build_model gives each network; not its optimizer or schedule.
 ARCHITECTURES = {"none": "2.0", "bn": "4.0"}
+LABELS = {"none": "5-layer sigmoid net, no BN", "bn": "with BN before each sigmoid"}
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "plain SGD"}
 EVALUATION_BATCH_SIZE = 1000
 CHANCE_ACCURACY = 0.1
 
@@ -71,6 +81,7 @@ class Config:
                                      "divide steps"))
     batch_size: int = batch_size_field(100)
     bn: str = bn_field()
+    seeds: int = seeds_field(3)
     dataset: str = dataset_field()
     seed: int = seed_field()
     outdir: str = outdir_field("learning_rates")
@@ -79,9 +90,31 @@ class Config:
     def __post_init__(self):
         check_fields(self)
         parse_learning_rates(self.learning_rates)
-        check_positive_integers(self, "steps", "record_every", "batch_size")
+        check_positive_integers(self, "steps", "record_every", "batch_size", "seeds")
         check_divides(self, "record_every", "steps")
         check_verbose(self)
+
+
+def train_once(name: str, rate: float, seed: int, config: Config, arrays, test_images,
+               test_labels) -> dict:
+    """Network `name` trained at `rate` from `seed`'s kernels and batches: its test accuracy
+    and loss after the last step, its training loss per record, whether it diverged."""
+    keras.utils.set_random_seed(seed)
+    # A new pipeline for every run: iterating a dataset again reshuffles it differently,
+    # and every run of a seed must see the same batches in the same order.
+    train_dataset, _ = data.mnist_datasets(config.batch_size, flat=True, seed=seed,
+                                           arrays=arrays)
+    step = steps.load(ARCHITECTURES[name])
+    model = step.build_model() if name == "none" else step.build_model(config.bn)
+    model.compile(optimizer=optimizer_named(config.optimizer, rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    history, seconds = fit_in_records(model, train_dataset, config)
+    test_loss, test_accuracy = model.evaluate(test_images, test_labels,
+                                              batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+    losses = [float(loss) for loss in history.history["loss"]]
+    return {"test_accuracy": float(test_accuracy), "test_loss": float(test_loss),
+            "train_loss": losses, "diverged": not all(math.isfinite(loss) for loss in losses),
+            "seconds": seconds}
 
 
 def run(config: Config | None = None, arrays=None) -> dict:
@@ -90,92 +123,125 @@ def run(config: Config | None = None, arrays=None) -> dict:
     arrays = dataset_arrays(arrays, config.dataset)
     (_, _), (x_test, y_test) = arrays
     test_images = data.normalize_images(x_test, flat=True)
+    seeds = list(range(config.seed, config.seed + config.seeds))
     print(f"learning rates: {config.optimizer} at {', '.join(f'{r:g}' for r in rates)}; "
-          f"{config.steps} steps of batch {config.batch_size} per run")
+          f"{config.steps} steps of batch {config.batch_size} per run; seeds {seeds}")
 
     results = {}
-    for name, step_name in ARCHITECTURES.items():
+    for name in ARCHITECTURES:
         runs = []
         for rate in rates:
-            keras.utils.set_random_seed(config.seed)
-            # A new pipeline for every run: iterating a dataset again reshuffles it differently,
-            # and every run must see the same batches in the same order.
-            train_dataset, _ = data.mnist_datasets(config.batch_size, flat=True,
-                                                   seed=config.seed, arrays=arrays)
-            model = (steps.load(step_name).build_model() if name == "none"
-                     else steps.load(step_name).build_model(config.bn))
-            model.compile(optimizer=optimizer_named(config.optimizer, rate),
-                          loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-            history, seconds = fit_in_records(model, train_dataset, config)
-            test_loss, test_accuracy = model.evaluate(
-                test_images, y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
-            losses = [float(loss) for loss in history.history["loss"]]
+            per_seed = [train_once(name, rate, seed, config, arrays, test_images, y_test)
+                        for seed in seeds]
             runs.append({
                 "learning_rate": rate,
-                "test_accuracy": float(test_accuracy),
-                "test_loss": float(test_loss),
-                "train_loss": losses,
-                "diverged": not all(math.isfinite(loss) for loss in losses),
-                "training_seconds": round(seconds, 1),
+                "test_accuracy": spread([r["test_accuracy"] for r in per_seed]),
+                "test_loss": spread([r["test_loss"] for r in per_seed]),
+                "final_train_loss": spread([r["train_loss"][-1] for r in per_seed]),
+                "train_loss": [r["train_loss"] for r in per_seed],
+                "diverged": [r["diverged"] for r in per_seed],
+                "training_seconds": round(sum(r["seconds"] for r in per_seed), 1),
             })
-            print(f"{'without BN' if name == 'none' else 'with BN':>10}, rate {rate:<7g}: "
-                  f"test accuracy {test_accuracy:.4f}, last training loss {losses[-1]:.4f}"
-                  f"{' (diverged)' if runs[-1]['diverged'] else ''}; {seconds:.0f} s")
-        accuracies = [r["test_accuracy"] for r in runs]
+            summary = runs[-1]
+            diverged_seeds = [seed for seed, r in zip(seeds, per_seed) if r["diverged"]]
+            print(f"{'no BN' if name == 'none' else 'with BN':>7}, rate {rate:<7g}: test "
+                  f"accuracy {percent_spread(summary['test_accuracy'])} (seeds: "
+                  + ", ".join(f"{100 * r['test_accuracy']:.2f}" for r in per_seed)
+                  + f"); last training loss {summary['final_train_loss']['mean']:.4f}"
+                  f"{f'; diverged at seeds {diverged_seeds}' if diverged_seeds else ''}; "
+                  f"{summary['training_seconds']:.0f} s")
+        means = [r["test_accuracy"]["mean"] for r in runs]
         results[name] = {
-            "label": "without BN (step 2.0)" if name == "none" else "with BN (step 4.0)",
+            "label": LABELS[name],
             "runs": runs,
-            "best_learning_rate": runs[int(np.argmax(accuracies))]["learning_rate"],
-            "best_test_accuracy": max(accuracies),
+            "best_learning_rate": runs[int(np.argmax(means))]["learning_rate"],
+            "best_mean_test_accuracy": max(means),
         }
 
+    best = max(result["best_mean_test_accuracy"] for result in results.values())
+    noise = noise_floor(best, len(y_test))
+    print(f"the test set's noise floor: ± {100 * noise:.2f} points at {100 * best:.2f}%")
     metrics = {"experiment": "learning_rates", "optimizer": config.optimizer,
-               "learning_rates": rates, "networks": results}
-    save_results(config.outdir, metrics, _figure(results, config), config)
+               "learning_rates": rates, "seeds": seeds, "test_size": int(len(y_test)),
+               "noise_floor": noise, "networks": results}
+    save_results(config.outdir, metrics, _figure(results, config, rates, seeds), config)
     return metrics
 
 
-def _figure(results: dict, config: Config):
+def _figure(results: dict, config: Config, rates: list[float], seeds: list[int]):
     from matplotlib import colormaps
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import (LogLocator, NullFormatter, NullLocator,
+                                   StrMethodFormatter)
 
-    figure = Figure(figsize=(16, 4.8), layout="constrained")
+    figure = Figure(figsize=(16, 5.4), layout="constrained")
     sweep_axes, *loss_axes = figure.subplots(1, 3)
     styles = {"none": ("tab:gray", "--", "s"), "bn": ("tab:blue", "-", "o")}
+    # On the log axis the two networks' points at a rate sit a little apart, not on top.
+    offsets = {"none": 0.93, "bn": 1.075}
+    any_diverged = False
     for name, result in results.items():
         color, linestyle, marker = styles[name]
-        rates = [r["learning_rate"] for r in result["runs"]]
-        accuracies = [r["test_accuracy"] for r in result["runs"]]
-        sweep_axes.plot(rates, accuracies, color=color, linestyle=linestyle, marker=marker,
-                        label=result["label"])
-        for run_result in result["runs"]:
-            if run_result["diverged"]:
-                sweep_axes.annotate("diverged", (run_result["learning_rate"],
-                                                 run_result["test_accuracy"]),
-                                    textcoords="offset points", xytext=(0, 8), ha="center",
-                                    fontsize=8, color=color)
-    sweep_axes.axhline(CHANCE_ACCURACY, color="black", linewidth=0.8, linestyle=":",
-                       label="chance (10 classes)")
-    sweep_axes.set(title=f"(a) test accuracy after {config.steps} steps",
-                   xscale="log", xlabel=f"learning rate ({config.optimizer})",
-                   ylabel="test accuracy", ylim=(0, 1.02))
-    sweep_axes.legend(loc="best")
-    sweep_axes.grid(alpha=0.3, which="both")
+        positions = np.array(rates) * offsets[name]
+        means = [100 * r["test_accuracy"]["mean"] for r in result["runs"]]
+        sds = [100 * r["test_accuracy"]["sd"] for r in result["runs"]]
+        sweep_axes.errorbar(positions, means, yerr=sds, color=color, linestyle=linestyle,
+                            marker=marker, capsize=4, label=f"{result['label']}: mean ± sd")
+        for position, run_result in zip(positions, result["runs"]):
+            values = 100 * np.array(run_result["test_accuracy"]["values"])
+            diverged = np.array(run_result["diverged"])
+            any_diverged |= bool(diverged.any())
+            sweep_axes.plot(np.full(len(values), position)[~diverged], values[~diverged],
+                            "o", color=color, alpha=0.35, markersize=4)
+            sweep_axes.plot(np.full(len(values), position)[diverged], values[diverged],
+                            "x", color=color, markersize=7)
+    handles, labels = sweep_axes.get_legend_handles_labels()
+    handles.append(Line2D([], [], color="0.4", marker="o", alpha=0.35, linestyle="",
+                          markersize=4))
+    labels.append(f"one dot per seed ({plural(len(seeds), 'seed')})")
+    if any_diverged:
+        handles.append(Line2D([], [], color="0.4", marker="x", linestyle="", markersize=7))
+        labels.append("a seed whose loss became NaN or infinite (diverged)")
+    handles.append(sweep_axes.axhline(100 * CHANCE_ACCURACY, color="black", linewidth=0.8,
+                                      linestyle=":"))
+    labels.append("chance (10 classes)")
+    sweep_axes.set_xscale("log")
+    sweep_axes.set_xticks(rates, [f"{rate:g}" for rate in rates])
+    sweep_axes.xaxis.set_minor_locator(NullLocator())
+    sweep_axes.set_xlim(rates[0] / 1.6, rates[-1] * 1.6)
+    sweep_axes.set(title=f"(a) test accuracy after {plural(config.steps, 'step')}",
+                   xlabel=f"learning rate ({OPTIMIZER_NAMES[config.optimizer]}, constant)",
+                   ylabel="test accuracy (%)", ylim=(0, 100))
+    sweep_axes.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13),
+                      fontsize=8)
+    sweep_axes.grid(alpha=0.3)
 
     loss_axes[1].sharey(loss_axes[0])
     palette = colormaps["viridis"]
     for axes, (letter, result) in zip(loss_axes, zip("bc", results.values())):
         count = len(result["runs"])
         for index, run_result in enumerate(result["runs"]):
-            record_steps = config.record_every * np.arange(1, len(run_result["train_loss"]) + 1)
-            axes.plot(record_steps, run_result["train_loss"],
-                      color=palette(index / max(count - 1, 1)),
-                      label=f"rate {run_result['learning_rate']:g}")
+            records = len(run_result["train_loss"][0])
+            record_steps = config.record_every * np.arange(1, records + 1)
+            diverged = sum(run_result["diverged"])
+            plot_mean_and_spread(
+                axes, record_steps, run_result["train_loss"],
+                f"rate {run_result['learning_rate']:g}"
+                + (f" (diverged: {diverged} of {len(seeds)})" if diverged else ""),
+                color=palette(index / max(count - 1, 1)))
         axes.set(title=f"({letter}) {result['label']}: training loss",
                  xlabel="training step",
                  ylabel=f"mean loss over the last {config.record_every} steps", yscale="log")
-        axes.legend(loc="best", fontsize=8)
+        # Plain numbers (0.5, 1, 2, 3), not powers of ten: the losses span a decade or two.
+        axes.yaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5)))
+        axes.yaxis.set_major_formatter(StrMethodFormatter("{x:g}"))
+        axes.yaxis.set_minor_formatter(NullFormatter())
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=3, fontsize=8)
         axes.grid(alpha=0.3, which="both")
-    figure.suptitle(f"Learning-rate sweep, five-layer sigmoid network (784-200-100-60-30-10), "
-                    f"{config.optimizer}, constant rate, batch {config.batch_size}")
+    seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+    figure.suptitle(
+        f"Learning-rate sweep of the 5-layer sigmoid net (784-200-100-60-30-10): "
+        f"{OPTIMIZER_NAMES[config.optimizer]} at a constant rate, batch {config.batch_size}, "
+        f"{seed_range} (loss curves: mean ± sd over the seeds)")
     return figure

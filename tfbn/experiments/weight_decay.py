@@ -15,17 +15,21 @@ offsets nor on the logits' bias):
 
 so that `weight_decay` is the coefficient of `w` in the gradient, the convention in which
 5e-4 is the usual strength (Caffe's and PyTorch's SGD `weight_decay`). It trains the
-usual strength, one fifth of it, and (by default) none, from the same initial weights
-on the same data order, and reports the test accuracy after every epoch and the norm of
-all kernels, which L2 drives down (all but the logits' kernel feed a BN layer, so their
-scale does not change the output).
+usual strength, one fifth of it, and (by default) none, for `seeds` seeds (for a seed,
+every strength starts from the same initial weights and sees the same data order), and
+reports the test accuracy on all 10,000 test digits (mean ± sd over the seeds, every
+seed's number, and the test set's own noise floor), the test accuracy after every epoch
+(on the first `evaluation_size` test images; `--evaluation-size 10000` measures it on all
+of them, for about 20% more time) and the norm of all kernels, which L2 drives down (all
+but the logits' kernel feed a BN layer, so their scale does not change the output).
 
 BN's moving averages use momentum 0.9 by default, not the codelab's 0.99, which needs
 more steps than a short run has (the dropout experiment's docstring gives the numbers).
 
-Default (a few minutes on 2 CPU cores): 10,000 training images, 5 epochs of batch 100.
-The full setting, all 60,000 images for the codelab's 17 epochs (about 20 minutes per
-strength on 2 CPU cores):
+Default (about 25 minutes on 2 busy CPU cores, estimated as 5 times one seed's 5 minutes):
+10,000 training images, 5 epochs of batch 100, 5 seeds (the differences are under a
+point). The full setting, all 60,000 images for the codelab's 17 epochs (about 20 minutes
+per strength and seed on 2 CPU cores):
 
     tfbn experiment weight_decay --train-size 60000 --epochs 17 --bn-momentum 0.99
 """
@@ -45,14 +49,20 @@ from tfbn.config import (
     option)
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
-    batch_size_field, bn_field, bn_momentum_field, dataset_field,
-    evaluation_size_field, outdir_field, prepare_training_subset, save_results, seed_field,
+    TrainingSubset, batch_size_field, bn_field, bn_momentum_field, dataset_field,
+    evaluation_size_field, noise_floor, outdir_field, percent_spread, plot_mean_and_spread,
+    plot_seeds, plural, prepare_training_subset, save_results, seed_field, seeds_field, spread,
     verbose_field)
 
 TITLE = TITLES["weight_decay"]
 
 EVALUATION_BATCH_SIZE = 500
 MOMENTUM = 0.9
+# A run's final numbers, each kept per seed and summarized as a `spread`.
+FINAL_NUMBERS = ("test_accuracy", "test_cross_entropy", "train_accuracy",
+                 "train_cross_entropy", "l2_term", "kernel_norm")
+# A run's curves, each kept per seed.
+CURVES = ("kernel_norm_per_epoch", "sampled_test_accuracy_per_epoch")
 
 
 @dataclasses.dataclass
@@ -76,6 +86,7 @@ class Config:
     bn: str = bn_field()
     bn_momentum: float = bn_momentum_field()
     evaluation_size: int = evaluation_size_field()
+    seeds: int = seeds_field(5)
     dataset: str = dataset_field()
     seed: int = seed_field()
     outdir: str = outdir_field("weight_decay")
@@ -83,7 +94,8 @@ class Config:
 
     def __post_init__(self):
         check_fields(self)
-        check_positive_integers(self, "epochs", "train_size", "batch_size", "evaluation_size")
+        check_positive_integers(self, "epochs", "train_size", "batch_size", "evaluation_size",
+                                "seeds")
         check_positive(self, "weight_decay")
         if not self.reduction > 1:
             raise ValueError(f"reduction must be greater than 1, got {self.reduction!r}")
@@ -137,62 +149,94 @@ class KernelNormHistory(keras.callbacks.Callback):
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
     subset = prepare_training_subset(config, arrays)
-    x_train, y_train, y_test = subset.x_train, subset.y_train, subset.y_test
-    train_images, test_images, evaluation = (subset.train_images, subset.test_images,
-                                             subset.evaluation)
-    total_steps = config.epochs * math.ceil(len(x_train) / config.batch_size)
-    print(f"weight decay experiment: {len(x_train)} training images, {config.epochs} epochs "
-          f"({total_steps} steps), strengths {config.strengths()}, BN layer: {config.bn}")
+    seeds = list(range(config.seed, config.seed + config.seeds))
+    total_steps = config.epochs * math.ceil(len(subset.x_train) / config.batch_size)
+    print(f"weight decay experiment: {len(subset.x_train)} training images, "
+          f"{plural(config.epochs, 'epoch')} ({total_steps} steps), seeds {seeds}, strengths "
+          f"{config.strengths()}, BN layer: {config.bn}")
 
     results = []
     for strength in config.strengths():
-        network = models.conv_network(models.CONV_4_2, bn=config.bn,
-                                      dropout_rate=config.dropout_rate,
-                                      momentum=config.bn_momentum)
-        # The copy's weights are the ones trained: the same for every strength, like the
-        # data order below.
-        keras.utils.set_random_seed(config.seed)
-        model = with_kernel_l2(network, strength)
-        train_dataset = subset.train_dataset(config.batch_size, config.seed)
-        schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
-        # Keras's loss includes the L2 term; the cross-entropy alone is tracked apart.
-        model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=MOMENTUM),
-                      loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(
-                          name="cross_entropy")])
-        norms = KernelNormHistory()
-        started = time.perf_counter()
-        history = model.fit(train_dataset, epochs=config.epochs, verbose=config.verbose,
-                            shuffle=False,  # the dataset reshuffles itself every epoch
-                            validation_data=(test_images[evaluation], y_test[evaluation]),
-                            validation_batch_size=EVALUATION_BATCH_SIZE, callbacks=[norms])
-        seconds = time.perf_counter() - started
-        train = model.evaluate(train_images, y_train, batch_size=EVALUATION_BATCH_SIZE,
-                               verbose=0, return_dict=True)
-        test = model.evaluate(test_images, y_test, batch_size=EVALUATION_BATCH_SIZE,
-                              verbose=0, return_dict=True)
-        results.append({
-            "weight_decay": strength,
-            "test_accuracy": float(test["accuracy"]),
-            "test_cross_entropy": float(test["cross_entropy"]),
-            "train_accuracy": float(train["accuracy"]),
-            "train_cross_entropy": float(train["cross_entropy"]),
-            "l2_term": float(train["loss"] - train["cross_entropy"]),
-            "kernel_norm": norms.norms[-1],
-            "kernel_norm_per_epoch": norms.norms,
-            "sampled_test_accuracy_per_epoch": [float(a) for a in
-                                                history.history["val_accuracy"]],
-            "training_seconds": round(seconds, 1),
-        })
-        print(f"weight decay {strength:g}: test accuracy {test['accuracy']:.4f}, train "
-              f"accuracy {train['accuracy']:.4f}, kernel norm {norms.norms[0]:.1f} -> "
-              f"{norms.norms[-1]:.1f}; {seconds:.0f} s")
+        runs = [train_strength(strength, seed, subset, total_steps, config) for seed in seeds]
+        results.append(summarize_seeds(strength, runs))
+        print(summary_line(results[-1], config))
+    best = max(result["test_accuracy"]["mean"] for result in results)
+    noise = noise_floor(best, len(subset.y_test))
+    print(f"the test set's noise floor: ± {100 * noise:.2f} points at {100 * best:.2f}%")
 
-    metrics = {"experiment": "weight_decay", "train_size": int(len(x_train)),
-               "evaluation_size": evaluation.stop, "steps": total_steps, "runs": results}
-    save_results(config.outdir, metrics,
-                 _figure(results, config, len(x_train), evaluation.stop), config)
+    metrics = {"experiment": "weight_decay", "train_size": int(len(subset.x_train)),
+               "test_size": int(len(subset.y_test)),
+               "evaluation_size": subset.evaluation.stop, "steps": total_steps,
+               "seeds": seeds, "noise_floor": noise, "runs": results}
+    save_results(config.outdir, metrics, _figure(metrics, config), config)
     return metrics
+
+
+def build_initial_model(strength: float, seed: int, config: Config) -> keras.Model:
+    """The BN conv net with L2 `strength` on its kernels, initialised from `seed`: the same
+    initial weights for every strength."""
+    network = models.conv_network(models.CONV_4_2, bn=config.bn,
+                                  dropout_rate=config.dropout_rate,
+                                  momentum=config.bn_momentum)
+    # The copy's weights are the ones trained.
+    keras.utils.set_random_seed(seed)
+    return with_kernel_l2(network, strength)
+
+
+def train_strength(strength: float, seed: int, subset: TrainingSubset, total_steps: int,
+                   config: Config) -> dict:
+    """One seed's run at L2 `strength`: its final numbers (FINAL_NUMBERS) on the whole
+    training subset and test set, and its curves (CURVES)."""
+    model = build_initial_model(strength, seed, config)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, total_steps)
+    # Keras's loss includes the L2 term; the cross-entropy alone is tracked apart.
+    model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=MOMENTUM),
+                  loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(
+                      name="cross_entropy")])
+    norms = KernelNormHistory()
+    evaluation = subset.evaluation
+    started = time.perf_counter()
+    history = model.fit(subset.train_dataset(config.batch_size, seed), epochs=config.epochs,
+                        verbose=config.verbose,
+                        shuffle=False,  # the dataset reshuffles itself every epoch
+                        validation_data=(subset.test_images[evaluation],
+                                         subset.y_test[evaluation]),
+                        validation_batch_size=EVALUATION_BATCH_SIZE, callbacks=[norms])
+    seconds = time.perf_counter() - started
+    train = model.evaluate(subset.train_images, subset.y_train,
+                           batch_size=EVALUATION_BATCH_SIZE, verbose=0, return_dict=True)
+    test = model.evaluate(subset.test_images, subset.y_test,
+                          batch_size=EVALUATION_BATCH_SIZE, verbose=0, return_dict=True)
+    return {"test_accuracy": test["accuracy"], "test_cross_entropy": test["cross_entropy"],
+            "train_accuracy": train["accuracy"],
+            "train_cross_entropy": train["cross_entropy"],
+            "l2_term": train["loss"] - train["cross_entropy"],
+            "kernel_norm": norms.norms[-1], "kernel_norm_per_epoch": norms.norms,
+            "sampled_test_accuracy_per_epoch": [float(accuracy) for accuracy in
+                                                history.history["val_accuracy"]],
+            "training_seconds": seconds}
+
+
+def summarize_seeds(strength: float, runs: list[dict]) -> dict:
+    """The runs at `strength`, one per seed: each final number as a `spread`, each curve
+    per seed."""
+    return {"weight_decay": strength,
+            **{key: spread(run[key] for run in runs) for key in FINAL_NUMBERS},
+            **{key: [run[key] for run in runs] for key in CURVES},
+            "training_seconds": round(sum(run["training_seconds"] for run in runs), 1)}
+
+
+def summary_line(result: dict, config: Config) -> str:
+    """A strength's test accuracy (mean ± sd, then every seed's) and its kernels' norm."""
+    accuracy = result["test_accuracy"]
+    initial_norm = np.mean([norms[0] for norms in result["kernel_norm_per_epoch"]])
+    final_norm = result["kernel_norm"]
+    return (f"{_label(result['weight_decay'], config):>18}: test accuracy "
+            f"{percent_spread(accuracy)} (seeds: "
+            f"{', '.join(f'{100 * value:.2f}' for value in accuracy['values'])}); kernel norm "
+            f"{initial_norm:.1f} -> {final_norm['mean']:.1f} ± {final_norm['sd']:.1f}; "
+            f"{result['training_seconds']:.0f} s")
 
 
 def _label(strength: float, config: Config) -> str:
@@ -203,32 +247,44 @@ def _label(strength: float, config: Config) -> str:
     return f"L2 {strength:g} (1/{config.reduction:g})"
 
 
-def _figure(results: list[dict], config: Config, train_size: int, evaluation_size: int):
+def _figure(metrics: dict, config: Config):
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    figure = Figure(figsize=(12, 4.8), layout="constrained")
-    accuracy_axes, norm_axes = figure.subplots(1, 2)
-    colors = ("tab:red", "tab:blue", "tab:gray")
-    for result, color in zip(results, colors):
-        label = _label(result["weight_decay"], config)
-        accuracy = result["sampled_test_accuracy_per_epoch"]
-        accuracy_axes.plot(np.arange(1, len(accuracy) + 1), accuracy, marker="o", color=color,
-                           label=f"{label}: final {result['test_accuracy']:.2%}")
-        norm_axes.plot(np.arange(len(result["kernel_norm_per_epoch"])),
-                       result["kernel_norm_per_epoch"], marker="o", color=color, label=label)
-    accuracy_axes.set(title=f"(a) test accuracy after each epoch (first {evaluation_size} "
-                            f"test images;\nlegend: final, whole test set)",
-                      xlabel="epoch", ylabel="test accuracy")
-    norm_axes.set(title="(b) norm of all kernels taken together",
-                  xlabel="epoch (0: initial weights)", ylabel="||kernels||")
-    for axes in (accuracy_axes, norm_axes):
-        axes.legend(loc="best")
+    results, seeds = metrics["runs"], metrics["seeds"]
+    colors = ("tab:red", "tab:blue", "tab:gray")[:len(results)]
+    labels = [_label(result["weight_decay"], config) for result in results]
+    figure = Figure(figsize=(16, 4.8), layout="constrained")
+    curves, accuracy, norms = figure.subplots(1, 3)
+    for result, label, color in zip(results, labels, colors):
+        per_epoch = 100 * np.array(result["sampled_test_accuracy_per_epoch"])
+        plot_mean_and_spread(curves, np.arange(1, config.epochs + 1), per_epoch, label, color,
+                             marker="o", markersize=3)
+        plot_mean_and_spread(norms, np.arange(config.epochs + 1),
+                             result["kernel_norm_per_epoch"], label, color, marker="o",
+                             markersize=3)
+    curves.set_ylim(top=min(curves.get_ylim()[1], 100))
+    curves.set(title=f"(a) test accuracy after each epoch, mean ± sd (band)\n"
+                     f"first {metrics['evaluation_size']:,} of the {metrics['test_size']:,} "
+                     f"test images", xlabel="epoch", ylabel="test accuracy (%)")
+    plot_seeds(accuracy, [label.replace(" (", "\n(") for label in labels],
+               [result["test_accuracy"] for result in results], metrics["noise_floor"],
+               colors=colors)
+    accuracy.set(title=f"(b) test accuracy after training\n"
+                       f"all {metrics['test_size']:,} test images",
+                 ylabel="test accuracy (%)")
+    norms.set(title="(c) norm of all kernels taken together\nmean ± sd (band)",
+              xlabel="epoch (0: initial weights)",
+              ylabel="Euclidean norm of the kernels")
+    for axes in (curves, norms):
+        axes.legend(loc="best", fontsize=8)
         axes.grid(alpha=0.3)
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     dropout = f"dropout {config.dropout_rate:g}" if config.dropout_rate else "no dropout"
+    seed_text = f"seeds {seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else f"seed {seeds[0]}"
     figure.suptitle(f"L2 weight decay with BN (momentum {config.bn_momentum:g}), step 4.2 conv "
-                    f"net, {dropout}: {train_size} training images, {config.epochs} epochs,\n"
-                    f"SGD momentum {MOMENTUM}, learning rate {config.learning_rate:g} with "
-                    f"cosine decay, L2 on all kernels")
+                    f"net, {dropout}: {metrics['train_size']:,} training images, "
+                    f"{plural(config.epochs, 'epoch')}, SGD momentum {MOMENTUM}, learning rate "
+                    f"{config.learning_rate:g} with cosine decay, L2 on all kernels\n"
+                    f"{seed_text}: every seed (dots), mean ± sd (bars and bands)", fontsize=11)
     return figure
