@@ -1,7 +1,9 @@
 """Experiments paper_figure, vanishing_gradients, learning_rates and moving_averages:
 their hand-made measurements against NumPy, their options, and a tiny run of each."""
 
+import dataclasses
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -165,6 +167,134 @@ def test_bad_learning_rates_are_refused_by_name(text, message):
         learning_rates.Config(learning_rates=text)
 
 
+# --- vanishing_gradients and learning_rates: a tiny run with two seeds ------------------
+
+@dataclasses.dataclass
+class RecordedRun:
+    """A tiny run's metrics and outdir, and what each of its `fit` calls started from: the
+    Dense kernels, and the labels of the batches its pipeline gives for the run's steps.
+    The fits come network by network, seed by seed: no BN at seeds 0 and 1, then BN."""
+
+    metrics: dict
+    outdir: Path
+    kernels: list = dataclasses.field(default_factory=list)
+    labels: list = dataclasses.field(default_factory=list)
+
+
+def run_recording_fits(module, options: dict, arrays, outdir: Path) -> RecordedRun:
+    config = module.Config(**options, seeds=2, outdir=str(outdir), verbose=0)
+    recorded = RecordedRun({}, outdir)
+    fit = keras.Model.fit
+
+    def recording_fit(self, dataset, *args, **kwargs):
+        recorded.kernels.append([layer.kernel.numpy() for layer in self.layers
+                                 if isinstance(layer, keras.layers.Dense)])
+        steps_in_run = kwargs["steps_per_epoch"] * kwargs["epochs"]
+        recorded.labels.append(np.concatenate(
+            [labels.numpy() for _, labels in dataset.take(steps_in_run)]))
+        return fit(self, dataset, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(keras.Model, "fit", recording_fit)
+        recorded.metrics = module.run(config, arrays=arrays)
+    return recorded
+
+
+@pytest.fixture(scope="module")
+def vanishing_gradients_run(tiny_mnist, tmp_path_factory):
+    return run_recording_fits(
+        vanishing_gradients, dict(steps=4, record_every=2, batch_size=16, probe_size=32),
+        tiny_mnist, tmp_path_factory.mktemp("vanishing_gradients"))
+
+
+@pytest.fixture(scope="module")
+def learning_rates_run(tiny_mnist, tmp_path_factory):
+    return run_recording_fits(
+        learning_rates, dict(learning_rates="0.1", steps=2, record_every=1, batch_size=16),
+        tiny_mnist, tmp_path_factory.mktemp("learning_rates"))
+
+
+def assert_spread_of(summary: dict, values) -> None:
+    """`summary` is the `spread` of exactly `values`, one per seed."""
+    assert summary["values"] == pytest.approx(list(values))
+    assert summary["mean"] == pytest.approx(np.mean(values))
+    assert summary["sd"] == pytest.approx(np.std(values, ddof=1))
+
+
+@pytest.mark.parametrize("run_name", ["vanishing_gradients_run", "learning_rates_run"])
+def test_two_seed_run_writes_the_figure_and_every_seeds_metrics(run_name, request):
+    recorded = request.getfixturevalue(run_name)
+    assert (recorded.outdir / "figure.png").stat().st_size > 10_000
+    saved = json.loads((recorded.outdir / "metrics.json").read_text())
+    name = run_name.removesuffix("_run")
+    assert saved["experiment"] == recorded.metrics["experiment"] == name
+    assert saved["seeds"] == [0, 1] and saved["test_size"] == 32
+    assert saved["networks"] == recorded.metrics["networks"]
+    assert saved["config"]["seeds"] == 2 and "versions" in saved
+    if name == "vanishing_gradients":
+        best = max(network["final_test_accuracy"]["mean"]
+                   for network in saved["networks"].values())
+    else:
+        best = max(run["test_accuracy"]["mean"] for network in saved["networks"].values()
+                   for run in network["runs"])
+    assert saved["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
+
+
+@pytest.mark.parametrize("run_name", ["vanishing_gradients_run", "learning_rates_run"])
+def test_for_a_seed_both_networks_start_from_the_same_kernels_and_batches(run_name, request):
+    recorded = request.getfixturevalue(run_name)
+    no_bn_0, no_bn_1, bn_0, bn_1 = range(4)
+    assert len(recorded.kernels) == len(recorded.labels) == 4
+    for no_bn, bn in ((no_bn_0, bn_0), (no_bn_1, bn_1)):
+        for kernel, bn_kernel in zip(recorded.kernels[no_bn], recorded.kernels[bn]):
+            np.testing.assert_array_equal(kernel, bn_kernel)
+        np.testing.assert_array_equal(recorded.labels[no_bn], recorded.labels[bn])
+    # ... and another seed starts from other kernels and batches.
+    assert not np.array_equal(recorded.kernels[no_bn_0][0], recorded.kernels[no_bn_1][0])
+    assert not np.array_equal(recorded.labels[no_bn_0], recorded.labels[no_bn_1])
+
+
+def test_vanishing_gradients_keeps_every_seeds_norms_and_accuracies(vanishing_gradients_run):
+    for network in vanishing_gradients_run.metrics["networks"].values():
+        assert network["steps"] == [0, 2, 4] and network["accuracy_steps"] == [2, 4]
+        assert len(network["layers"]) == 5
+        for layer in network["layers"]:
+            per_seed = network["gradient_norms"][layer]
+            assert np.shape(per_seed) == (2, 3)  # seeds x records
+            assert_spread_of(network["initial_gradient_norms"][layer],
+                             [norms[0] for norms in per_seed])
+        first = network["gradient_norms"][network["layers"][0]]
+        last = network["gradient_norms"][network["layers"][-1]]
+        assert_spread_of(network["initial_first_to_last_ratio"],
+                         [first_norms[0] / last_norms[0]
+                          for first_norms, last_norms in zip(first, last)])
+        assert np.shape(network["test_accuracy"]) == (2, 2)
+        assert_spread_of(network["final_test_accuracy"],
+                         [accuracies[-1] for accuracies in network["test_accuracy"]])
+        assert len(network["final_test_loss"]["values"]) == 2
+
+
+def test_vanishing_gradients_seeds_give_different_initial_gradient_norms(
+        vanishing_gradients_run):
+    for network in vanishing_gradients_run.metrics["networks"].values():
+        for summary in network["initial_gradient_norms"].values():
+            seed_0, seed_1 = summary["values"]
+            assert seed_0 != pytest.approx(seed_1, rel=1e-3)
+
+
+def test_learning_rates_keep_every_seeds_accuracy_loss_and_divergence(learning_rates_run):
+    for network in learning_rates_run.metrics["networks"].values():
+        (run,) = network["runs"]
+        assert run["learning_rate"] == 0.1
+        assert np.shape(run["train_loss"]) == (2, 2)  # seeds x records
+        assert run["diverged"] == [False, False]
+        assert len(run["test_accuracy"]["values"]) == len(run["test_loss"]["values"]) == 2
+        assert_spread_of(run["test_accuracy"], run["test_accuracy"]["values"])
+        assert_spread_of(run["final_train_loss"], [losses[-1] for losses in run["train_loss"]])
+        assert network["best_learning_rate"] == 0.1
+        assert network["best_mean_test_accuracy"] == run["test_accuracy"]["mean"]
+
+
 # --- moving_averages -------------------------------------------------------------------
 
 def test_population_statistics_match_numpy(images):
@@ -228,83 +358,169 @@ def test_debiased_variant_differs_only_in_its_bn_layers():
     (paper_figure, {"learning_rate": 0.0}, "learning_rate must be positive"),
     (vanishing_gradients, {"probe_size": 0}, "probe_size must be a positive integer"),
     (vanishing_gradients, {"optimizer": "rmsprop"}, "optimizer must be one of sgd, adam"),
+    (vanishing_gradients, {"seeds": 0}, "seeds must be a positive integer"),
     (learning_rates, {"steps": 0}, "steps must be a positive integer"),
+    (learning_rates, {"seeds": 0}, "seeds must be a positive integer"),
     (moving_averages, {"layer": 5}, "layer must be in 1..4"),
     (moving_averages, {"layer": 4, "unit": 30}, "unit must be in 0..29 for layer 4"),
+    (paper_figure, {"seeds": 0}, "seeds must be a positive integer"),
+    (moving_averages, {"seeds": 0}, "seeds must be a positive integer"),
 ])
 def test_bad_options_are_refused_by_name(module, changes, message):
     with pytest.raises(ValueError, match=message):
         module.Config(**changes)
 
 
-# --- a tiny run of each experiment, once ----------------------------------------------
+# --- paper_figure and moving_averages: a tiny run with two seeds ------------------------
 
-TINY_RUNS = {
-    "paper_figure": (paper_figure, dict(steps=4, record_every=2, batch_size=16, probe_size=32)),
-    "vanishing_gradients": (vanishing_gradients,
-                            dict(steps=4, record_every=2, batch_size=16, probe_size=32)),
-    "learning_rates": (learning_rates,
-                       dict(learning_rates="0.1", steps=2, record_every=1, batch_size=16)),
-    "moving_averages": (moving_averages,
-                        dict(steps=4, record_every=2, batch_size=16, population_size=32)),
-}
-EXPECTED_KEYS = {
-    "paper_figure": ("networks", "percentiles"),
-    "vanishing_gradients": ("networks",),
-    "learning_rates": ("networks", "learning_rates", "optimizer"),
-    "moving_averages": ("variants", "inference_batch_size"),
-}
+@pytest.fixture(scope="module")
+def paper_figure_run(tiny_mnist, tmp_path_factory):
+    return run_recording_fits(
+        paper_figure, dict(steps=4, record_every=2, batch_size=16, probe_size=32),
+        tiny_mnist, tmp_path_factory.mktemp("paper_figure"))
 
 
-@pytest.fixture(scope="module", params=list(TINY_RUNS))
-def tiny_run(request, tiny_mnist, tmp_path_factory):
-    module, options = TINY_RUNS[request.param]
-    outdir = tmp_path_factory.mktemp(request.param)
-    config = module.Config(**options, outdir=str(outdir), verbose=0)
-    return request.param, outdir, module.run(config, arrays=tiny_mnist)
+@pytest.fixture(scope="module")
+def moving_averages_run(tiny_mnist, tmp_path_factory):
+    return run_recording_fits(
+        moving_averages, dict(steps=4, record_every=2, batch_size=16, population_size=32),
+        tiny_mnist, tmp_path_factory.mktemp("moving_averages"))
 
 
-def test_tiny_run_writes_the_figure_and_the_metrics(tiny_run):
-    name, outdir, metrics = tiny_run
-    assert (outdir / "figure.png").stat().st_size > 10_000
-    saved = json.loads((outdir / "metrics.json").read_text())
-    for key in (*EXPECTED_KEYS[name], "experiment", "config", "versions"):
-        assert key in saved
-    assert saved["experiment"] == metrics["experiment"] == name
-    assert saved["config"]["outdir"] == str(outdir)
+def test_paper_figure_writes_the_figure_and_every_seeds_metrics(paper_figure_run):
+    saved = json.loads((paper_figure_run.outdir / "metrics.json").read_text())
+    assert (paper_figure_run.outdir / "figure.png").stat().st_size > 10_000
+    assert saved["experiment"] == "paper_figure" and saved["percentiles"] == [15, 50, 85]
+    assert saved["seeds"] == [0, 1] and saved["test_size"] == 32
+    assert saved["networks"] == paper_figure_run.metrics["networks"]
+    assert list(saved["networks"]) == ["without_bn", "with_bn"]
+    assert saved["config"]["seeds"] == 2 and "versions" in saved
+    best = max(network["final_test_accuracy"]["mean"] for network in saved["networks"].values())
+    assert saved["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
 
 
-def test_tiny_runs_compare_networks_that_saw_the_same_batches(tiny_run):
-    name, _, metrics = tiny_run
-    if name == "paper_figure":
-        networks = metrics["networks"]
-        assert list(networks) == ["without_bn", "with_bn"]
-        for network in networks.values():
-            assert network["percentile_steps"] == [0, 2, 4]
-            assert network["accuracy_steps"] == [2, 4]
-            lower, median, upper = (np.array(network[f"percentile_{p}"]) for p in (15, 50, 85))
-            assert np.all(lower <= median) and np.all(median <= upper)
-    elif name == "vanishing_gradients":
-        for network in metrics["networks"].values():
-            assert network["steps"] == [0, 2, 4]
-            assert len(network["layers"]) == 5
-            assert all(len(norms) == 3 for norms in network["gradient_norms"].values())
-    elif name == "learning_rates":
-        for network in metrics["networks"].values():
-            (run,) = network["runs"]
-            assert run["learning_rate"] == 0.1 and len(run["train_loss"]) == 2
-    else:
-        variants = metrics["variants"]
-        # BN trains on batch statistics: momentum and debiasing change only the averages,
-        # so runs with the same weights and batches train identically.
-        losses = {name: variant["final_train_loss"] for name, variant in variants.items()}
-        assert len(set(losses.values())) == 1, losses
-        batch_accuracy = variants["momentum_0.99"]["batch_statistics_test_accuracy"]
-        for variant in variants.values():
-            assert variant["batch_statistics_test_accuracy"] == batch_accuracy
-        assert variants["momentum_0.99"]["unit_moving_mean"][0] == 0.0  # the initial value
-        # Four updates: momentum 0.9 has moved 1 - 0.9**4 = 34% of the way, 0.99 only 4%.
-        assert (variants["momentum_0.9"]["mean_error"][-1]
-                < variants["momentum_0.99"]["mean_error"][-1])
-        assert list(metrics["inference_batch_size"]["batch_statistics_test_accuracy"]) == [
-            "1", "4", "16"]
+def test_paper_figure_for_a_seed_both_networks_start_from_the_same_kernels_and_batches(
+        paper_figure_run):
+    recorded = paper_figure_run
+    no_bn_0, no_bn_1, bn_0, bn_1 = range(4)
+    assert len(recorded.kernels) == len(recorded.labels) == 4
+    for no_bn, bn in ((no_bn_0, bn_0), (no_bn_1, bn_1)):
+        for kernel, bn_kernel in zip(recorded.kernels[no_bn], recorded.kernels[bn]):
+            np.testing.assert_array_equal(kernel, bn_kernel)
+        np.testing.assert_array_equal(recorded.labels[no_bn], recorded.labels[bn])
+    # ... and another seed starts from other kernels and batches.
+    assert not np.array_equal(recorded.kernels[no_bn_0][0], recorded.kernels[no_bn_1][0])
+    assert not np.array_equal(recorded.labels[no_bn_0], recorded.labels[no_bn_1])
+
+
+def test_paper_figure_keeps_every_seeds_curves_and_tabled_numbers(paper_figure_run):
+    for network in paper_figure_run.metrics["networks"].values():
+        assert network["percentile_steps"] == [0, 2, 4] and network["accuracy_steps"] == [2, 4]
+        assert np.shape(network["test_accuracy"]) == (2, 2)  # seeds x records
+        final = [accuracies[-1] for accuracies in network["test_accuracy"]]
+        assert_spread_of(network["final_test_accuracy"], final)
+        # Of the tabled steps (250, ..., 10,000) only the last step is a record here.
+        assert list(network["at_steps"]["test_accuracy"]) == ["4"]
+        assert_spread_of(network["at_steps"]["test_accuracy"]["4"], final)
+        assert list(network["first_step_at_or_above"]) == ["0.9", "0.95"]
+        for threshold, summary in network["first_step_at_or_above"].items():
+            assert summary["values"] == [
+                paper_figure.first_step_at_or_above([2, 4], accuracies, float(threshold))
+                for accuracies in network["test_accuracy"]]
+        lower, median, upper = (np.array(network[f"percentile_{p}"]) for p in (15, 50, 85))
+        assert lower.shape == (2, 3)  # seeds x records, step 0 included
+        assert np.all(lower <= median) and np.all(median <= upper)
+        assert_spread_of(network["median_range"], np.ptp(median, axis=1))
+        assert_spread_of(network["width_15_to_85"]["first"], upper[:, 0] - lower[:, 0])
+        assert_spread_of(network["width_15_to_85"]["last"], upper[:, -1] - lower[:, -1])
+
+
+def test_paper_figure_seeds_give_different_sigmoid_inputs(paper_figure_run):
+    for network in paper_figure_run.metrics["networks"].values():
+        seed_0, seed_1 = network["percentile_50"]
+        assert seed_0[0] != pytest.approx(seed_1[0], rel=1e-3)
+
+
+def test_paper_figure_first_step_at_or_above_a_threshold():
+    steps, accuracies = [250, 500, 750], [0.5, 0.9, 0.95]
+    assert paper_figure.first_step_at_or_above(steps, accuracies, 0.9) == 500
+    assert paper_figure.first_step_at_or_above(steps, accuracies, 0.96) is None
+    everyone = paper_figure.steps_to_reach([500, 750])
+    assert everyone["reached"] == 2 and everyone["mean"] == 625 and everyone["values"] == [500, 750]
+    # A seed that never got there has no step: no mean, rather than a mean of the others.
+    assert paper_figure.steps_to_reach([500, None]) == {
+        "mean": None, "sd": None, "values": [500, None], "reached": 1}
+
+
+def test_spread_at_steps_takes_the_recorded_ones_of_the_tabled_steps():
+    per_seed = [[0.1, 0.2, 0.3], [0.3, 0.4, 0.5]]
+    at_steps = common.spread_at_steps([0, 250, 500], per_seed, (250, 1000, 500))
+    assert list(at_steps) == ["250", "500"]
+    assert_spread_of(at_steps["500"], [0.3, 0.5])
+
+
+def test_moving_averages_writes_the_figure_and_every_seeds_metrics(moving_averages_run):
+    saved = json.loads((moving_averages_run.outdir / "metrics.json").read_text())
+    assert (moving_averages_run.outdir / "figure.png").stat().st_size > 10_000
+    assert saved["experiment"] == "moving_averages" and (saved["layer"], saved["unit"]) == (4, 0)
+    assert saved["seeds"] == [0, 1] and saved["test_size"] == 32
+    assert saved["variants"] == moving_averages_run.metrics["variants"]
+    assert saved["inference_batch_size"] == moving_averages_run.metrics["inference_batch_size"]
+    assert list(saved["variants"]) == ["momentum_0.99", "momentum_0.99_debiased", "momentum_0.9"]
+    assert saved["config"]["seeds"] == 2 and "versions" in saved
+    best = max(variant["final_test_accuracy"]["mean"] for variant in saved["variants"].values())
+    assert saved["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
+
+
+def test_moving_averages_runs_of_a_seed_start_alike_and_train_identical_weights(
+        moving_averages_run):
+    recorded = moving_averages_run
+    assert len(recorded.kernels) == len(recorded.labels) == 6  # variant by variant, seed by seed
+    for seed in (0, 1):
+        first, *others = range(seed, 6, 2)
+        for other in others:
+            for kernel, other_kernel in zip(recorded.kernels[first], recorded.kernels[other]):
+                np.testing.assert_array_equal(kernel, other_kernel)
+            np.testing.assert_array_equal(recorded.labels[first], recorded.labels[other])
+    assert not np.array_equal(recorded.kernels[0][0], recorded.kernels[1][0])
+    assert not np.array_equal(recorded.labels[0], recorded.labels[1])
+    # BN trains on batch statistics: momentum and debiasing change only the averages, so
+    # the runs of a seed train identical weights (and seeds differ).
+    variants = recorded.metrics["variants"]
+    losses = variants["momentum_0.99"]["final_train_loss"]
+    assert len(losses) == 2 and losses[0] != losses[1]
+    batch_accuracy = variants["momentum_0.99"]["batch_statistics_test_accuracy"]
+    for variant in variants.values():
+        assert variant["final_train_loss"] == losses
+        assert variant["batch_statistics_test_accuracy"] == batch_accuracy
+        assert variant["unit_population_mean"] == variants["momentum_0.99"]["unit_population_mean"]
+
+
+def test_moving_averages_keeps_every_seeds_curves_and_tabled_numbers(moving_averages_run):
+    metrics = moving_averages_run.metrics
+    for variant in metrics["variants"].values():
+        assert variant["steps"] == [0, 2, 4] and variant["accuracy_steps"] == [2, 4]
+        for key in ("batch_statistics_test_accuracy", "mean_error", "variance_error",
+                    "unit_moving_mean", "unit_population_variance"):
+            assert np.shape(variant[key]) == (2, 3), key  # seeds x records, step 0 included
+        moving_accuracy = variant["moving_statistics_test_accuracy"]
+        assert np.shape(moving_accuracy) == (2, 2)
+        assert_spread_of(variant["final_test_accuracy"], [curve[-1] for curve in moving_accuracy])
+        for key, curves in (("moving_statistics_test_accuracy", moving_accuracy),
+                            ("mean_error", variant["mean_error"]),
+                            ("variance_error", variant["variance_error"])):
+            assert list(variant["at_steps"][key]) == ["4"]
+            assert_spread_of(variant["at_steps"][key]["4"], [curve[-1] for curve in curves])
+        assert [means[0] for means in variant["unit_moving_mean"]] == [0.0, 0.0]  # initial
+    # Four updates: momentum 0.9 has moved 1 - 0.9**4 = 34% of the way, 0.99 only 4%.
+    for fast, slow in zip(metrics["variants"]["momentum_0.9"]["mean_error"],
+                          metrics["variants"]["momentum_0.99"]["mean_error"]):
+        assert fast[-1] < slow[-1]
+    inference = metrics["inference_batch_size"]
+    assert inference["batch_sizes"] == [1, 4, 16]
+    assert list(inference["batch_statistics_test_accuracy"]) == ["1", "4", "16"]
+    for summary in inference["batch_statistics_test_accuracy"].values():
+        assert_spread_of(summary, summary["values"])
+        assert len(summary["values"]) == 2
+    assert (inference["moving_statistics_test_accuracy"]
+            == metrics["variants"]["momentum_0.99"]["final_test_accuracy"])

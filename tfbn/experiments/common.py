@@ -114,6 +114,19 @@ def plot_seeds(axes, labels: list[str], summaries: list[dict], noise: float | No
     axes.grid(axis="y", alpha=0.3)
 
 
+def spread_at_steps(steps: list[int], per_seed, chosen_steps) -> dict[str, dict]:
+    """`{"250": spread, ...}`: a curve measured once per seed (one sequence per seed, one
+    value per entry of `steps`) at those of `chosen_steps` that are among `steps`."""
+    values = np.asarray(per_seed, dtype=float)
+    return {str(step): spread(values[:, steps.index(step)])
+            for step in chosen_steps if step in steps}
+
+
+def seeds_text(seeds: list[int]) -> str:
+    """`seed 0`, `seeds 0-2`: consecutive seeds, as every experiment draws them."""
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+
+
 def plural(count: int, noun: str) -> str:
     """`1 epoch`, `3 epochs`."""
     return f"{count:,} {noun}{'' if count == 1 else 's'}"

@@ -298,15 +298,15 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
     curve_axes, final_axes, loss_axes = figure.subplots(
         1, 3, gridspec_kw={"width_ratios": [1.1, 1.3, 0.9]})
     epochs = np.arange(1, config.epochs + 1)
-    plotted = []
+    plotted = {}
     for network in NETWORKS:
         result = results[network.name]
         for evaluation, linestyle in (("moving", "-"), ("recalibrated", ":")):
             if evaluation in result["test_accuracy_per_epoch"]:
                 curves = 100 * np.array(result["test_accuracy_per_epoch"][evaluation])
-                plotted.append(curves.mean(axis=0))
                 label = (network.label if network.name == "none"
                          else f"{network.label}, {EVALUATIONS[evaluation]}")
+                plotted[label] = curves.mean(axis=0)
                 plot_mean_and_spread(curve_axes, epochs, curves, label,
                                      network.color, marker=network.marker,
                                      linestyle=linestyle, markersize=4)
@@ -314,15 +314,19 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
                              network.color, marker=network.marker,
                              linestyle=network.linestyle, markersize=4)
     # The story is in the 70-90% band; chance-level first epochs (no BN) would squash it.
-    values = np.concatenate(plotted)
+    values = np.concatenate(list(plotted.values()))
     trained = values[values >= 50]
     bottom = float(np.floor(trained.min() - 3)) if len(trained) else 0.0
-    below = bool(np.any(values < bottom))
+    below = [f"{label.split(' (')[0].split(',')[0]}"
+             f"{', moving' if 'moving' in label else ''} epoch "
+             + ", ".join(f"{epoch} ({value:.0f}%)" for epoch, value in zip(epochs, curve)
+                         if value < bottom)
+             for label, curve in plotted.items() if np.any(curve < bottom)]
     curve_axes.set_ylim(bottom, min(100.0, float(np.ceil(values.max() + 3))))
     curve_axes.set(title="(a) test accuracy after each epoch: mean ± sd over seeds"
-                         + ("\n(points under the axis: no BN at chance)" if below else ""),
+                         + (f"\nunder the axis: {'; '.join(below)}" if below else ""),
                    xlabel="epoch", ylabel="test accuracy (%)")
-    curve_axes.legend(loc="lower right", fontsize=7)
+    curve_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=7, ncol=2)
     curve_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     labels, summaries, colors = [], [], []
@@ -343,12 +347,12 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
     low, high = final_axes.get_ylim()
     final_axes.set_ylim(min(low, 100 * NETWORKS[-1].d2l_test_accuracy - 1),
                         min(100.05, max(high, 100 * max(bn_reference) + 1)))
-    final_axes.legend(loc="lower left", fontsize=7)
+    final_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=2)
     final_axes.set(title=f"(b) after epoch {config.epochs}: every seed (dots), mean ± sd (bars)",
                    ylabel="test accuracy (%)")
     loss_axes.set(title="(c) training loss (running mean over each epoch)", xlabel="epoch",
                   ylabel="cross-entropy")
-    loss_axes.legend(loc="upper right", fontsize=8)
+    loss_axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), fontsize=8)
     loss_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     for axes in (curve_axes, loss_axes):
         axes.grid(alpha=0.3)

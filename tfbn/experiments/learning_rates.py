@@ -43,7 +43,7 @@ from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     batch_size_field, bn_field, dataset_arrays, dataset_field, fit_in_records, noise_floor,
     optimizer_named, outdir_field, percent_spread, plot_mean_and_spread, plural, save_results,
-    seed_field, seeds_field, spread, verbose_field)
+    seed_field, seeds_field, seeds_text, spread, verbose_field)
 
 TITLE = TITLES["learning_rates"]
 
@@ -239,9 +239,8 @@ def _figure(results: dict, config: Config, rates: list[float], seeds: list[int])
         axes.yaxis.set_minor_formatter(NullFormatter())
         axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=3, fontsize=8)
         axes.grid(alpha=0.3, which="both")
-    seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
     figure.suptitle(
         f"Learning-rate sweep of the 5-layer sigmoid net (784-200-100-60-30-10): "
         f"{OPTIMIZER_NAMES[config.optimizer]} at a constant rate, batch {config.batch_size}, "
-        f"{seed_range} (loss curves: mean ± sd over the seeds)")
+        f"{seeds_text(seeds)} (loss curves: mean ± sd over the seeds)")
     return figure

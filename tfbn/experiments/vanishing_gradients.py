@@ -55,7 +55,7 @@ from tfbn.experiments.common import (
     batch_size_field, bn_field, call_in_training_mode, dataset_arrays, dataset_field,
     fit_in_records, noise_floor, optimizer_named, outdir_field, percent_spread,
     plot_mean_and_spread, plural, RecordEveryEpoch, save_results, seed_field, seeds_field,
-    spread, verbose_field)
+    seeds_text, spread, verbose_field)
 
 TITLE = TITLES["vanishing_gradients"]
 
@@ -264,10 +264,9 @@ def _figure(results: dict, config: Config, seeds: list[int]):
                  xlabel="training step", ylabel="||dLoss / dW|| (L2 norm)", yscale="log")
         axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=5, fontsize=8)
         axes.grid(alpha=0.3, which="both")
-    seed_range = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
     figure.suptitle(f"Vanishing gradients in the 5-layer sigmoid net (784-200-100-60-30-10): "
                     f"{OPTIMIZER_NAMES[config.optimizer]} at a constant rate of "
-                    f"{config.learning_rate:g}, batch {config.batch_size}, {seed_range}\n"
+                    f"{config.learning_rate:g}, batch {config.batch_size}, {seeds_text(seeds)}\n"
                     f"gradient norms measured on {config.probe_size:,} fixed training images; "
                     f"curves: mean ± sd over the seeds")
     return figure
