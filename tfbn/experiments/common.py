@@ -248,13 +248,18 @@ def call_in_training_mode(model, inputs):
 def plot_mean_and_spread(axes, x, per_seed, label: str, color: str | None = None,
                          **style) -> None:
     """A curve measured once per seed (`per_seed`: one sequence per seed, each as long as
-    `x`): their mean as a line, and mean ± sd as a shaded band (no band for one seed)."""
+    `x`): their mean as a line, and mean ± sd as a shaded band (no band for one seed).
+    On a log-scaled axis (set it before calling) the band stops at the lowest seed's value
+    where mean - sd would be at or below 0, which a log axis cannot show."""
     values = np.asarray(per_seed, dtype=float)
     mean = values.mean(axis=0)
     line, = axes.plot(x, mean, label=label, color=color, **style)
     if len(values) > 1:
         sd = values.std(axis=0, ddof=1)
-        axes.fill_between(x, mean - sd, mean + sd, color=line.get_color(), alpha=0.2,
+        low = mean - sd
+        if axes.get_yscale() == "log":
+            low = np.where(low > 0, low, values.min(axis=0))
+        axes.fill_between(x, low, mean + sd, color=line.get_color(), alpha=0.2,
                           linewidth=0)
 
 

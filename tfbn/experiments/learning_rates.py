@@ -220,6 +220,7 @@ def _figure(results: dict, config: Config, rates: list[float], seeds: list[int])
     loss_axes[1].sharey(loss_axes[0])
     palette = colormaps["viridis"]
     for axes, (letter, result) in zip(loss_axes, zip("bc", results.values())):
+        axes.set_yscale("log")  # before the bands, which depend on it
         count = len(result["runs"])
         for index, run_result in enumerate(result["runs"]):
             records = len(run_result["train_loss"][0])

@@ -373,6 +373,7 @@ def _figure(results: dict, inference: dict, config: Config, seeds: list[int]):
              "|moving mean - population mean| / population sd"),
             (variance_error_axes, "d", "variance_error", "variance",
              "|moving variance / population variance - 1|")):
+        axes.set_yscale("log")  # before the bands, which depend on it
         for name, result in results.items():
             plot_mean_and_spread(axes, result["steps"], result[key], result["label"],
                                  colors[name])

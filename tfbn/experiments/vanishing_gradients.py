@@ -257,6 +257,7 @@ def _figure(results: dict, config: Config, seeds: list[int]):
     training_axes[1].sharey(training_axes[0])
     palette = ("tab:red", "tab:orange", "tab:green", "tab:purple", "black")
     for axes, (letter, result) in zip(training_axes, zip("cd", results.values())):
+        axes.set_yscale("log")  # before the bands, which depend on it
         for layer, color in zip(result["layers"], palette):
             plot_mean_and_spread(axes, result["steps"], result["gradient_norms"][layer],
                                  layer, color=color)
