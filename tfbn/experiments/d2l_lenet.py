@@ -20,10 +20,16 @@ redundant; d2l keeps them), weights start from Keras's Glorot-uniform default, p
 scaled to [0, 1] and nothing else, the loss is the cross-entropy of the logits, and the
 reported training accuracy is the running one over each epoch, in training mode.
 
-After training, each BN network is also evaluated with its moving statistics replaced by
-`tfbn.recalibrate_batchnorm` over 50 training batches (PreciseBN): "recalibrated".
+Each network trains for `seeds` seeds; for a seed, all three start from the same kernels
+and see the same batches. After every epoch each BN network's test accuracy is measured
+three ways (`EpochEvaluations`): with its moving statistics (what d2l reports),
+recalibrated (the moving statistics replaced by the average batch statistics of the
+current weights over 50 fixed training batches, `tfbn.recalibrate_batchnorm`, PreciseBN,
+then put back) and normalizing each test batch with its own statistics. The numbers are
+d2l's TensorFlow tab's, v0.17.5 (docs/experiments.md, section 7, traces them).
 
-Default: 3 epochs (3 minutes on 2 shared CPU cores). d2l's setting, 10 epochs (8 minutes):
+Default: 3 epochs, 3 seeds (about 6 minutes on 2 CPU cores). d2l's setting, 10 epochs
+(18 minutes):
 
     tfbn experiment d2l_lenet --epochs 10
 """
