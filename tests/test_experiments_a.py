@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import assert_spread_of
+
 from tfbn import models, steps
 from tfbn.experiments import (common, learning_rates, moving_averages, paper_figure,
                               vanishing_gradients)
@@ -214,13 +216,6 @@ def learning_rates_run(tiny_mnist, tmp_path_factory):
         tiny_mnist, tmp_path_factory.mktemp("learning_rates"))
 
 
-def assert_spread_of(summary: dict, values) -> None:
-    """`summary` is the `spread` of exactly `values`, one per seed."""
-    assert summary["values"] == pytest.approx(list(values))
-    assert summary["mean"] == pytest.approx(np.mean(values))
-    assert summary["sd"] == pytest.approx(np.std(values, ddof=1))
-
-
 @pytest.mark.parametrize("run_name", ["vanishing_gradients_run", "learning_rates_run"])
 def test_two_seed_run_writes_the_figure_and_every_seeds_metrics(run_name, request):
     recorded = request.getfixturevalue(run_name)
@@ -240,7 +235,8 @@ def test_two_seed_run_writes_the_figure_and_every_seeds_metrics(run_name, reques
     assert saved["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
 
 
-@pytest.mark.parametrize("run_name", ["vanishing_gradients_run", "learning_rates_run"])
+@pytest.mark.parametrize("run_name", ["vanishing_gradients_run", "learning_rates_run",
+                                      "paper_figure_run"])
 def test_for_a_seed_both_networks_start_from_the_same_kernels_and_batches(run_name, request):
     recorded = request.getfixturevalue(run_name)
     no_bn_0, no_bn_1, bn_0, bn_1 = range(4)
@@ -397,20 +393,6 @@ def test_paper_figure_writes_the_figure_and_every_seeds_metrics(paper_figure_run
     assert saved["config"]["seeds"] == 2 and "versions" in saved
     best = max(network["final_test_accuracy"]["mean"] for network in saved["networks"].values())
     assert saved["noise_floor"] == pytest.approx(common.noise_floor(best, 32))
-
-
-def test_paper_figure_for_a_seed_both_networks_start_from_the_same_kernels_and_batches(
-        paper_figure_run):
-    recorded = paper_figure_run
-    no_bn_0, no_bn_1, bn_0, bn_1 = range(4)
-    assert len(recorded.kernels) == len(recorded.labels) == 4
-    for no_bn, bn in ((no_bn_0, bn_0), (no_bn_1, bn_1)):
-        for kernel, bn_kernel in zip(recorded.kernels[no_bn], recorded.kernels[bn]):
-            np.testing.assert_array_equal(kernel, bn_kernel)
-        np.testing.assert_array_equal(recorded.labels[no_bn], recorded.labels[bn])
-    # ... and another seed starts from other kernels and batches.
-    assert not np.array_equal(recorded.kernels[no_bn_0][0], recorded.kernels[no_bn_1][0])
-    assert not np.array_equal(recorded.labels[no_bn_0], recorded.labels[no_bn_1])
 
 
 def test_paper_figure_keeps_every_seeds_curves_and_tabled_numbers(paper_figure_run):

@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import pytest
 
+from conftest import assert_spread_of
+
 from tfbn import BatchNorm, cli, data, models, steps
 from tfbn.practice import recalibrate_batchnorm
 from tfbn.experiments import common, d2l_lenet, dropout, weight_decay
@@ -65,13 +67,6 @@ def assert_same_order_for_all(orders: list, runs: int) -> None:
 def read_outputs(outdir: Path) -> dict:
     assert (outdir / "figure.png").stat().st_size > 10_000
     return json.loads((outdir / "metrics.json").read_text())
-
-
-def assert_spread_of(summary: dict, values) -> None:
-    """`summary` is the `spread` of exactly `values`, one per seed."""
-    assert summary["values"] == pytest.approx(list(values))
-    assert summary["mean"] == pytest.approx(np.mean(values))
-    assert summary["sd"] == pytest.approx(np.std(values, ddof=1))
 
 
 def assert_same_weights(first: list, second: list) -> None:
