@@ -31,8 +31,7 @@ rate, so the accuracy gap measures what depth does with and without BN, not a ra
 suits only one of them. The old rate, where the plain network stays near chance for most
 of the run, is `--learning-rate 0.1`.
 
-Default (about 5 minutes on 2 shared CPU cores: one seed took 1 min 35 s, before issue
-12): SGD 1.0, 3,000 steps of batch 100 (5 epochs), a record every 100 steps, 3 seeds.
+Default (1 min 54 s on 2 CPU cores, measured 2026-12-02): SGD 1.0, 3,000 steps of batch 100 (5 epochs), a record every 100 steps, 3 seeds.
 The codelab's 10,000 steps:
 
     tfbn experiment vanishing_gradients --steps 10000 --record-every 250
