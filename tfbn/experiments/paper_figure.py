@@ -34,8 +34,8 @@ says "small random Gaussian values". The sigmoid inputs are measured on a fixed 
 training images, normalized with the sample's own batch statistics (what the sigmoid sees
 in training) without letting the measurement touch the moving statistics.
 
-Default: 10,000 steps, a record every 250, 3 seeds (about 7 minutes on 2 shared CPU cores:
-one seed took 2 min 20 s before issue 12). The paper's length, five times as long:
+Default: 10,000 steps, a record every 250, 3 seeds (3 min 52 s on 2 CPU cores, measured
+2026-12-02). The paper's length, five times as long:
 
     tfbn experiment paper_figure --steps 50000 --record-every 1000
 """
