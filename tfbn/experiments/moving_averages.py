@@ -40,8 +40,8 @@ final test accuracy (all test images), the accuracies and the errors after 25, 5
 200, 500 and 1,000 steps (those that are records), the batch-size accuracies, and the test
 set's noise floor (the binomial standard error at the best mean).
 
-Default: 1,000 steps of batch 100, a record every 25, 3 seeds (about 16 minutes on 2
-shared CPU cores: one seed took 5 min 20 s before issue 12). A longer run, where all the
+Default: 1,000 steps of batch 100, a record every 25, 3 seeds (3 min 43 s on 2 CPU
+cores, measured 2026-12-02). A longer run, where all the
 averages have long caught up:
 
     tfbn experiment moving_averages --steps 6000 --record-every 100
