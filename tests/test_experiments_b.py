@@ -426,3 +426,24 @@ def test_tutorial_options_reach_the_config(name, module):
     assert (parsed.epochs, parsed.seed, parsed.outdir) == (4, 7, "x")
     with pytest.raises(SystemExit):
         cli.parse_experiment_options(name, tutorial.CONFIG, ["--epochs", "0"])
+
+
+def test_d2l_fixed_batches_keep_each_batch_and_shuffle_their_order(tiny_mnist):
+    dataset = d2l_lenet.fixed_batches(tiny_mnist, batch_size=16, seed=0)
+    epochs = [[labels.numpy().tobytes() for _, labels in dataset] for _ in range(3)]
+    (_, y_train), _ = tiny_mnist
+    first_batches = [y_train[start:start + 16].astype(np.int32).tobytes()
+                     for start in range(0, len(y_train), 16)]
+    for batches in epochs:
+        assert sorted(batches) == sorted(first_batches)  # the dataset's own batches
+    assert epochs[0] != epochs[1] != epochs[2]  # in a new order every epoch
+
+
+def test_d2l_trains_only_the_chosen_networks_with_fixed_batches(tiny_mnist, tmp_path):
+    config = d2l_lenet.Config(epochs=1, batch_size=32, seeds=1, networks="builtin",
+                              pipeline="fixed_batches", outdir=str(tmp_path), verbose=0)
+    metrics = d2l_lenet.run(config, arrays=tiny_mnist)
+    assert list(metrics["networks"]) == ["builtin"]
+    assert read_outputs(tmp_path)["config"]["pipeline"] == "fixed_batches"
+    with pytest.raises(ValueError, match="networks must name some of scratch, builtin, none"):
+        d2l_lenet.Config(networks="scratch,lenet")

@@ -41,6 +41,7 @@ import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from tfbn import data
 from tfbn.config import (
@@ -48,7 +49,7 @@ from tfbn.config import (
 from tfbn.experiments import TITLES
 from tfbn.experiments.common import (
     dataset_arrays, noise_floor, outdir_field, percent_spread, plot_mean_and_spread, plot_seeds,
-    plural, save_results, seed_field, seeds_field, spread, verbose_field)
+    plural, save_results, seed_field, seeds_field, seeds_text, spread, verbose_field)
 from tfbn.layer import BatchNorm
 from tfbn.practice import recalibrate_batchnorm
 
@@ -57,6 +58,7 @@ TITLE = TITLES["d2l_lenet"]
 DATASET = "fashion_mnist"
 D2L_EPOCHS = 10
 RECALIBRATION_BATCHES = 50
+PIPELINES = ("reshuffled", "fixed_batches")
 # How a BN network's test accuracy is measured (Keras's validation is the first).
 EVALUATIONS = {"moving": "moving statistics",
                "recalibrated": "recalibrated statistics",
@@ -92,6 +94,16 @@ class Config:
     plain_learning_rate: float = dataclasses.field(
         default=0.9, metadata=option("SGD learning rate of the LeNet without BN "
                                      "(d2l's LeNet chapter: 0.9)"))
+    networks: str = dataclasses.field(
+        default=",".join(network.name for network in NETWORKS),
+        metadata=option("comma-separated networks to train, from: "
+                        + ", ".join(network.name for network in NETWORKS)))
+    pipeline: str = dataclasses.field(
+        default="reshuffled",
+        metadata=option("training batches: reshuffled (the examples reshuffled every epoch, "
+                        "as d2l's PyTorch and MXNet tabs do) or fixed_batches (d2l's "
+                        "TensorFlow tab: batched, then the batches shuffled, so every epoch "
+                        "has the same batches)", PIPELINES))
     seeds: int = seeds_field(3)
     seed: int = seed_field()
     outdir: str = outdir_field("d2l_lenet")
@@ -102,6 +114,16 @@ class Config:
         check_positive_integers(self, "epochs", "batch_size", "seeds")
         check_positive(self, "learning_rate", "plain_learning_rate")
         check_verbose(self)
+        self.chosen_networks()
+
+    def chosen_networks(self) -> tuple[Network, ...]:
+        """The networks named in `networks`, in the order of NETWORKS."""
+        names = [name.strip() for name in self.networks.split(",") if name.strip()]
+        known = [network.name for network in NETWORKS]
+        if not names or any(name not in known for name in names):
+            raise ValueError(f"networks must name some of {', '.join(known)}; "
+                             f"got {self.networks!r}")
+        return tuple(network for network in NETWORKS if network.name in names)
 
 
 def _scratch_bn(name: str) -> keras.layers.Layer:
@@ -200,12 +222,26 @@ def largest_swing(curve) -> float:
     return float(np.max(np.abs(np.diff(curve)))) if len(curve) > 1 else 0.0
 
 
+def fixed_batches(arrays, batch_size: int, seed: int):
+    """d2l's TensorFlow training pipeline (`d2l.load_data_fashion_mnist`:
+    `.batch(batch_size).shuffle(...)`): the examples are batched once, in the dataset's
+    order, and only the order of the batches is reshuffled each epoch."""
+    (x_train, y_train), _ = arrays
+    batches = -(-len(x_train) // batch_size)
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (data.normalize_images(x_train), np.asarray(y_train, dtype=np.int32)))
+    return dataset.batch(batch_size).shuffle(batches, seed=seed, reshuffle_each_iteration=True)
+
+
 def train_network(network: Network, config: Config, arrays, seed: int, images) -> dict:
     """One network trained d2l's way from `seed`; its per-epoch curves and seconds."""
     keras.utils.set_random_seed(seed)
     # A fresh pipeline per network: one shared pipeline would show each network the next
     # epochs' orders, not the same ones.
-    train_dataset, _ = data.mnist_datasets(config.batch_size, seed=seed, arrays=arrays)
+    if config.pipeline == "fixed_batches":
+        train_dataset = fixed_batches(arrays, config.batch_size, seed)
+    else:
+        train_dataset, _ = data.mnist_datasets(config.batch_size, seed=seed, arrays=arrays)
     model = build_network(network.name)
     rate = config.plain_learning_rate if network.name == "none" else config.learning_rate
     model.compile(optimizer=keras.optimizers.SGD(rate),
@@ -251,6 +287,11 @@ def summarize(network: Network, runs: list[dict]) -> dict:
     }
 
 
+def trained(results: dict) -> list[Network]:
+    """The networks `results` holds, in the order of NETWORKS."""
+    return [network for network in NETWORKS if network.name in results]
+
+
 def run(config: Config | None = None, arrays=None) -> dict:
     config = config or Config()
     arrays = dataset_arrays(arrays, DATASET)
@@ -260,10 +301,10 @@ def run(config: Config | None = None, arrays=None) -> dict:
     seeds = list(range(config.seed, config.seed + config.seeds))
     print(f"d2l LeNet cross-check on Fashion-MNIST: {plural(config.epochs, 'epoch')} of batch "
           f"{config.batch_size}, SGD {config.learning_rate:g} (BN) / "
-          f"{config.plain_learning_rate:g} (no BN), seeds {seeds}")
+          f"{config.plain_learning_rate:g} (no BN), {config.pipeline} batches, seeds {seeds}")
 
     results = {}
-    for network in NETWORKS:
+    for network in config.chosen_networks():
         runs = []
         for seed in seeds:
             runs.append(train_network(network, config, arrays, seed, images))
@@ -280,7 +321,7 @@ def run(config: Config | None = None, arrays=None) -> dict:
     noise = noise_floor(best, len(y_test))
     print(f"\nmean ± sd over seeds {seeds}, after {plural(config.epochs, 'epoch')} "
           f"(d2l after {D2L_EPOCHS}):")
-    for network in NETWORKS:
+    for network in trained(results):
         result = results[network.name]
         for evaluation, summary in result["test_accuracy"].items():
             how = "inference" if network.name == "none" else EVALUATIONS[evaluation]
@@ -305,7 +346,7 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
         1, 3, gridspec_kw={"width_ratios": [1.1, 1.3, 0.9]})
     epochs = np.arange(1, config.epochs + 1)
     plotted = {}
-    for network in NETWORKS:
+    for network in trained(results):
         result = results[network.name]
         for evaluation, linestyle in (("moving", "-"), ("recalibrated", ":")):
             if evaluation in result["test_accuracy_per_epoch"]:
@@ -321,8 +362,8 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
                              linestyle=network.linestyle, markersize=4)
     # The story is in the 70-90% band; chance-level first epochs (no BN) would squash it.
     values = np.concatenate(list(plotted.values()))
-    trained = values[values >= 50]
-    bottom = float(np.floor(trained.min() - 3)) if len(trained) else 0.0
+    learned = values[values >= 50]
+    bottom = float(np.floor(learned.min() - 3)) if len(learned) else 0.0
     below = [f"{label.split(' (')[0].split(',')[0]}"
              f"{', moving' if 'moving' in label else ''} epoch "
              + ", ".join(f"{epoch} ({value:.0f}%)" for epoch, value in zip(epochs, curve)
@@ -336,7 +377,7 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
     curve_axes.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     labels, summaries, colors = [], [], []
-    for network in NETWORKS:
+    for network in trained(results):
         for evaluation, summary in results[network.name]["test_accuracy"].items():
             short = {"scratch": "scratch", "builtin": "built in", "none": "no BN"}[network.name]
             how = "inference" if network.name == "none" else evaluation.replace("_", " ")
@@ -364,5 +405,8 @@ def _figure(results: dict, config: Config, noise: float, seeds: list[int]):
         axes.grid(alpha=0.3)
     figure.suptitle(f"d2l.ai's LeNet (sigmoid) on Fashion-MNIST: {plural(config.epochs, 'epoch')}, "
                     f"batch {config.batch_size}, SGD {config.learning_rate:g} with BN, "
-                    f"{config.plain_learning_rate:g} without; seeds {seeds[0]}-{seeds[-1]}")
+                    f"{config.plain_learning_rate:g} without; "
+                    + ("the same batches every epoch (d2l's TensorFlow pipeline); "
+                       if config.pipeline == "fixed_batches" else "")
+                    + seeds_text(seeds))
     return figure
