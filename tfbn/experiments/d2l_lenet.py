@@ -28,7 +28,7 @@ current weights over 50 fixed training batches, `tfbn.recalibrate_batchnorm`, Pr
 then put back) and normalizing each test batch with its own statistics. The numbers are
 d2l's TensorFlow tab's, v0.17.5 (docs/experiments.md, section 7, traces them).
 
-Default: 3 epochs, 3 seeds (about 6 minutes on 2 CPU cores). d2l's setting, 10 epochs
+Default: 3 epochs, 3 seeds (5 min 38 s on 2 CPU cores). d2l's setting, 10 epochs
 (18 minutes):
 
     tfbn experiment d2l_lenet --epochs 10
