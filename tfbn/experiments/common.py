@@ -261,8 +261,3 @@ def plot_mean_and_spread(axes, x, per_seed, label: str, color: str | None = None
             low = np.where(low > 0, low, values.min(axis=0))
         axes.fill_between(x, low, mean + sd, color=line.get_color(), alpha=0.2,
                           linewidth=0)
-
-
-def mean_per_step(per_seed) -> list[float]:
-    """The mean over seeds of a curve measured once per seed, step by step."""
-    return [float(value) for value in np.asarray(per_seed, dtype=float).mean(axis=0)]
