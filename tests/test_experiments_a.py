@@ -506,3 +506,19 @@ def test_moving_averages_keeps_every_seeds_curves_and_tabled_numbers(moving_aver
         assert len(summary["values"]) == 2
     assert (inference["moving_statistics_test_accuracy"]
             == metrics["variants"]["momentum_0.99"]["final_test_accuracy"])
+
+
+def test_plot_mean_and_spread_keeps_a_log_band_above_zero():
+    from matplotlib.figure import Figure
+
+    per_seed = [[0.01, 1.0], [1.0, 1.1], [0.02, 0.9]]  # mean - sd < 0 at the first step
+    linear, logarithmic = Figure().subplots(1, 2)
+    logarithmic.set_yscale("log")
+    for axes in (linear, logarithmic):
+        common.plot_mean_and_spread(axes, [0, 1], per_seed, "curve")
+    np.testing.assert_allclose(linear.lines[0].get_ydata(), np.mean(per_seed, axis=0))
+    low = linear.collections[0].get_paths()[0].vertices[:, 1].min()
+    assert low == pytest.approx(np.mean(per_seed, axis=0)[0] - np.std(per_seed, axis=0, ddof=1)[0])
+    assert low < 0
+    # On the log axis the band stops at the lowest seed instead.
+    assert logarithmic.collections[0].get_paths()[0].vertices[:, 1].min() == pytest.approx(0.01)
