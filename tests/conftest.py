@@ -44,9 +44,3 @@ def two_replica_strategy():
     assert len(devices) == 2, "two logical CPUs are configured at the top of this file"
     return tf.distribute.MirroredStrategy(devices)
 
-
-def assert_spread_of(summary: dict, values) -> None:
-    """`summary` is the `spread` of exactly `values`, one per seed."""
-    assert summary["values"] == pytest.approx(list(values))
-    assert summary["mean"] == pytest.approx(np.mean(values))
-    assert summary["sd"] == pytest.approx(np.std(values, ddof=1))

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import assert_spread_of
+from spread_checks import assert_spread_of
 
 from tfbn import models, steps
 from tfbn.experiments import (common, learning_rates, moving_averages, paper_figure,

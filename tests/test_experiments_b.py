@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import assert_spread_of
+from spread_checks import assert_spread_of
 
 from tfbn import BatchNorm, cli, data, models, steps
 from tfbn.practice import recalibrate_batchnorm
