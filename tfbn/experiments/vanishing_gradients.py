@@ -23,9 +23,9 @@ standard error at the best mean).
 The optimizer is plain SGD, which moves a weight in proportion to its gradient, so that a
 small gradient means a slow layer (Adam rescales each gradient and would hide it). The
 norms at initialisation do not depend on the rate; the accuracies do. The default rate is
-1.0, where the plain network trains: in the learning-rate sweep (1,200 steps, one seed,
-before issue 12) it reached 11.4% at SGD 0.1 (chance: it had not started), 60.7% at 0.3,
-84.6% at 1 and 89.6% at 3, and failed at 10; with BN 93-95% at all of them. 1.0 lies
+1.0, where the plain network trains: in the learning-rate sweep (1,200 steps, 3 seeds)
+it reached 17.53% at SGD 0.1 (near chance: it had barely started), 63.58% at 0.3, 88.30%
+at 1 and 92.29% at 3, and failed at 10; with BN 91-95% at all of them. 1.0 lies
 inside the plain network's window, a factor 3 from both of its ends, and is BN's best
 rate, so the accuracy gap measures what depth does with and without BN, not a rate that
 suits only one of them. The old rate, where the plain network stays near chance for most
