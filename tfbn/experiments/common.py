@@ -169,6 +169,27 @@ class TrainingSubset:
             arrays=((self.x_train, self.y_train), (self.x_test, self.y_test)))
         return train_dataset
 
+    def fit_and_evaluate(self, model, config, seed: int, evaluation_batch_size: int,
+                         callbacks=()):
+        """`config.epochs` epochs of `model` on a fresh pipeline for `seed`, validated after
+        each epoch on the sampled test images, then evaluated on the whole training subset
+        and the whole test set. Returns the history, the seconds of training and the two
+        evaluations (`return_dict` metrics)."""
+        started = time.perf_counter()
+        history = model.fit(self.train_dataset(config.batch_size, seed), epochs=config.epochs,
+                            verbose=config.verbose,
+                            shuffle=False,  # the dataset reshuffles itself every epoch
+                            validation_data=(self.test_images[self.evaluation],
+                                             self.y_test[self.evaluation]),
+                            validation_batch_size=evaluation_batch_size,
+                            callbacks=list(callbacks))
+        seconds = time.perf_counter() - started
+        train, test = (model.evaluate(images, labels, batch_size=evaluation_batch_size,
+                                      verbose=0, return_dict=True)
+                       for images, labels in ((self.train_images, self.y_train),
+                                              (self.test_images, self.y_test)))
+        return history, seconds, train, test
+
 
 def prepare_training_subset(config, arrays=None) -> TrainingSubset:
     """The dataset (or `arrays`), `config.train_size` training images drawn with

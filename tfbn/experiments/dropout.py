@@ -48,7 +48,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import textwrap
-import time
 
 import keras
 import numpy as np
@@ -194,19 +193,10 @@ def train_variant(variant: Variant, seed: int, subset: TrainingSubset,
     model = build_initial_model(variant, seed, config)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    evaluation = subset.evaluation
-    started = time.perf_counter()
-    history = model.fit(subset.train_dataset(config.batch_size, seed), epochs=config.epochs,
-                        verbose=config.verbose,
-                        shuffle=False,  # the dataset reshuffles itself every epoch
-                        validation_data=(subset.test_images[evaluation],
-                                         subset.y_test[evaluation]),
-                        validation_batch_size=EVALUATION_BATCH_SIZE)
-    seconds = time.perf_counter() - started
-    train_loss, train_accuracy = model.evaluate(
-        subset.train_images, subset.y_train, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
-    test_loss, test_accuracy = model.evaluate(
-        subset.test_images, subset.y_test, batch_size=EVALUATION_BATCH_SIZE, verbose=0)
+    history, seconds, train, test = subset.fit_and_evaluate(model, config, seed,
+                                                            EVALUATION_BATCH_SIZE)
+    train_loss, train_accuracy = train["loss"], train["accuracy"]
+    test_loss, test_accuracy = test["loss"], test["accuracy"]
     return {"test_accuracy": test_accuracy, "train_accuracy": train_accuracy,
             "accuracy_gap": train_accuracy - test_accuracy, "test_loss": test_loss,
             "train_loss": train_loss, "loss_gap": test_loss - train_loss,

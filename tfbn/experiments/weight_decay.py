@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 
 import keras
 import numpy as np
@@ -195,19 +194,8 @@ def train_strength(strength: float, seed: int, subset: TrainingSubset, total_ste
                   metrics=["accuracy", keras.metrics.SparseCategoricalCrossentropy(
                       name="cross_entropy")])
     norms = KernelNormHistory()
-    evaluation = subset.evaluation
-    started = time.perf_counter()
-    history = model.fit(subset.train_dataset(config.batch_size, seed), epochs=config.epochs,
-                        verbose=config.verbose,
-                        shuffle=False,  # the dataset reshuffles itself every epoch
-                        validation_data=(subset.test_images[evaluation],
-                                         subset.y_test[evaluation]),
-                        validation_batch_size=EVALUATION_BATCH_SIZE, callbacks=[norms])
-    seconds = time.perf_counter() - started
-    train = model.evaluate(subset.train_images, subset.y_train,
-                           batch_size=EVALUATION_BATCH_SIZE, verbose=0, return_dict=True)
-    test = model.evaluate(subset.test_images, subset.y_test,
-                          batch_size=EVALUATION_BATCH_SIZE, verbose=0, return_dict=True)
+    history, seconds, train, test = subset.fit_and_evaluate(
+        model, config, seed, EVALUATION_BATCH_SIZE, callbacks=[norms])
     return {"test_accuracy": test["accuracy"], "test_cross_entropy": test["cross_entropy"],
             "train_accuracy": train["accuracy"],
             "train_cross_entropy": train["cross_entropy"],
