@@ -75,6 +75,12 @@ def assert_same_weights(first: list, second: list) -> None:
         np.testing.assert_array_equal(one, other)
 
 
+def assert_same_start(fits, first: int, second: int) -> None:
+    """The `first` and `second` recorded fits began from the same weights and batches."""
+    assert_same_weights(fits.initial_weights[first], fits.initial_weights[second])
+    np.testing.assert_array_equal(fits.orders[first], fits.orders[second])
+
+
 def assert_different_weights(first: list, second: list) -> None:
     assert any(not np.array_equal(one, other) for one, other in zip(first, second))
 
@@ -129,10 +135,8 @@ def test_dropout_variants_start_equal_for_a_seed_and_seeds_differ(dropout_run):
     bn_0, bn_1, dropout_before_bn_0, dropout_before_bn_1 = range(4)
     assert len(fits.initial_weights) == 4
     # For one seed, the same initial weights and batches with and without dropout ...
-    assert_same_weights(fits.initial_weights[bn_0], fits.initial_weights[dropout_before_bn_0])
-    assert_same_weights(fits.initial_weights[bn_1], fits.initial_weights[dropout_before_bn_1])
-    np.testing.assert_array_equal(fits.orders[bn_0], fits.orders[dropout_before_bn_0])
-    np.testing.assert_array_equal(fits.orders[bn_1], fits.orders[dropout_before_bn_1])
+    assert_same_start(fits, bn_0, dropout_before_bn_0)
+    assert_same_start(fits, bn_1, dropout_before_bn_1)
     # ... and other ones for another seed, so that the runs differ.
     assert_different_weights(fits.initial_weights[bn_0], fits.initial_weights[bn_1])
     assert not np.array_equal(fits.orders[bn_0], fits.orders[bn_1])
@@ -253,10 +257,8 @@ def test_weight_decay_strengths_start_equal_for_a_seed_and_seeds_differ(weight_d
     usual_0, usual_1, reduced_0, reduced_1 = range(4)
     assert len(fits.initial_weights) == 4
     # For one seed, the same initial weights and batches at every strength ...
-    assert_same_weights(fits.initial_weights[usual_0], fits.initial_weights[reduced_0])
-    assert_same_weights(fits.initial_weights[usual_1], fits.initial_weights[reduced_1])
-    np.testing.assert_array_equal(fits.orders[usual_0], fits.orders[reduced_0])
-    np.testing.assert_array_equal(fits.orders[usual_1], fits.orders[reduced_1])
+    assert_same_start(fits, usual_0, reduced_0)
+    assert_same_start(fits, usual_1, reduced_1)
     usual, reduced = metrics["runs"]
     for seed in (0, 1):
         assert usual["kernel_norm_per_epoch"][seed][0] == pytest.approx(
